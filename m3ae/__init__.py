@@ -1,0 +1,34 @@
+"""m3ae: multi-modal masked autoencoders for medical vision-and-language pre-training.
+
+The model package imports with torch, transformers and safetensors only; data preparation and
+training code live in `m3ae.data` and `m3ae.train` and are imported on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; resolved on first access (PEP 562) so that
+# `import m3ae` stays light and never imports training extras.
+_LAZY = {
+    "M3AE": "m3ae.models.m3ae",
+    "ModelConfig": "m3ae.models.config",
+    "create_model": "m3ae.models.factory",
+    "list_models": "m3ae.models.config",
+    "load_upstream": "m3ae.weights.upstream",
+    "VQAPipeline": "m3ae.inference",
+    "metrics": "m3ae.metrics",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'm3ae' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if name == "metrics" else getattr(module, name)
+    globals()[name] = value
+    return value

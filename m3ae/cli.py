@@ -1,0 +1,76 @@
+"""The `m3ae` command line: one entry point, one subcommand per job.
+
+Each subcommand lives next to the code it drives and exposes two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. This file only dispatches, and imports a
+subcommand's module lazily so that ``m3ae --help`` stays fast and the model package never
+pulls in training extras.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from m3ae.errors import M3AEError
+
+# name -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("m3ae.data.prepare_cli", "prepare a benchmark from its raw release into the m3ae format"),
+    "pretrain": ("m3ae.train.cli_pretrain", "pre-train M3AE (MLM + MIM + ITM) from a YAML recipe"),
+    "finetune": ("m3ae.train.cli_finetune", "fine-tune on VQA, classification or retrieval from a YAML recipe"),
+    "evaluate": ("m3ae.train.cli_evaluate", "evaluate a saved model on a prepared data folder"),
+    "convert": ("m3ae.convert_cli", "convert an official M3AE Lightning checkpoint to the m3ae format"),
+    "predict": ("m3ae.inference_cli", "answer a question about an image (PNG, JPEG, DICOM) with a VQA model"),
+    "demo": ("m3ae.demo", "the whole pipeline on the bundled VQA-RAD data, on CPU, in minutes"),
+}
+
+
+class _LazyHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; subcommand options are added only for the command being run."""
+    parser = argparse.ArgumentParser(
+        prog="m3ae",
+        description="M3AE: multi-modal masked autoencoders for medical vision-and-language pre-training.",
+        formatter_class=_LazyHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI. Callable from tests: returns the exit code instead of exiting."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        name = argv[0]
+        module = importlib.import_module(COMMANDS[name][0])
+        parser = argparse.ArgumentParser(
+            prog=f"m3ae {name}",
+            description=(module.__doc__ or COMMANDS[name][1]).strip(),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(parser)
+        args = parser.parse_args(argv[1:])
+        try:
+            return int(module.run(args) or 0)
+        except M3AEError as err:  # user-facing: a clear message, no traceback
+            print(f"m3ae {name}: error: {err}", file=sys.stderr)
+            return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from m3ae import __version__
+
+        print(__version__)
+        return 0
+    parser.print_help()
+    return 0 if not argv else 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
