@@ -1,0 +1,174 @@
+"""`create_model`: build from a config, then load weights from local files (never downloads)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m3ae.errors import M3AEError
+from m3ae.models.config import ModelConfig, TextConfig
+from m3ae.models.m3ae import M3AE
+
+
+def resolve_config(name_or_config: str | ModelConfig | dict[str, Any]) -> ModelConfig:
+    """A preset name, a ModelConfig or its dict form -> ModelConfig."""
+    if isinstance(name_or_config, ModelConfig):
+        return name_or_config
+    if isinstance(name_or_config, dict):
+        return ModelConfig.from_dict(name_or_config)
+    if isinstance(name_or_config, str):
+        return ModelConfig.from_name(name_or_config)
+    raise M3AEError(f"expected a model name, ModelConfig or dict, got {type(name_or_config).__name__}")
+
+
+def _require(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise M3AEError(f"{what} not found: {p} (m3ae reads local files only and never downloads)")
+    return p
+
+
+def _resolve_named(pretrained: str | Path) -> str | Path:
+    """A registered `arch.tag` -> its local file; paths pass through unchanged."""
+    from m3ae.weights.pretrained import PRETRAINED, resolve_pretrained
+
+    if isinstance(pretrained, str) and pretrained in PRETRAINED and not Path(pretrained).exists():
+        return resolve_pretrained(pretrained)
+    return pretrained
+
+
+def _read_source(
+    path: Path, image_size: int | None
+) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str]]:
+    """(config, state dict under our names, notes) from one of our folders or an upstream .ckpt."""
+    if path.is_dir():
+        from m3ae.weights.io import read_config, read_state_dict
+
+        return read_config(path), read_state_dict(path), []
+    from m3ae.weights.upstream import read_upstream
+
+    cfg, sd, report = read_upstream(path, image_size=image_size)
+    return cfg, sd, report.lines()
+
+
+def _same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
+    """Same towers and fusion, ignoring image size, heads and where the text weights came from."""
+
+    def arch(c: ModelConfig) -> tuple[dict[str, Any], ...]:
+        vision, text = dataclasses.asdict(c.vision), dataclasses.asdict(c.text)
+        vision.pop("image_size")
+        text.pop("pretrained_path")
+        return vision, text, dataclasses.asdict(c.fusion)
+
+    return arch(a) == arch(b)
+
+
+def create_model(
+    name_or_config: str | ModelConfig | dict[str, Any] | None = None,
+    pretrained: str | Path | None = None,
+    vision_weights: str | Path | None = None,
+    text_weights: str | Path | None = None,
+    heads: list[str] | tuple[str, ...] | None = None,
+    num_answers: int | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+) -> M3AE:
+    """Build an M3AE and load local weights into it.
+
+    Args:
+        name_or_config: preset name ("m3ae-base", "m3ae-small", "m3ae-tiny"), ModelConfig or dict.
+            Optional when `pretrained` is given (the checkpoint then defines the architecture).
+        pretrained: one of our model folders, an official M3AE Lightning `.ckpt`, or a registered
+            name such as "m3ae_base_patch16_288.roco_medicat" (see `m3ae.weights.pretrained`).
+        vision_weights: local OpenAI CLIP ViT-B/16 file/folder for the vision tower.
+        text_weights: local HF folder (RoBERTa/BERT/MiniLM); its config.json defines the text tower.
+        heads: task heads to build (default: the config's / checkpoint's heads). New heads keep a
+            fresh init (irtr is copied from itm's "match" row when possible); heads the
+            checkpoint has but that are not requested are dropped.
+        num_answers: VQA answer count A.
+        num_classes: classification classes K.
+        image_size: input resolution; the vision position table is resized to it.
+
+    Returns:
+        the model, in train mode as built by torch; `model.load_report` holds what happened.
+
+    Raises:
+        M3AEError: unknown name, missing path, or architecture mismatch.
+        CheckpointError: weights that do not match.
+    """
+    from m3ae.weights.io import LoadReport
+
+    if pretrained is not None and (vision_weights is not None or text_weights is not None):
+        # tower weights initialise a model from scratch; after a full checkpoint they would
+        # silently overwrite its trained towers
+        raise M3AEError("pass either pretrained= or vision_weights=/text_weights=, not both")
+    if name_or_config is None and pretrained is None:
+        name_or_config = "m3ae-base"
+    cfg = resolve_config(name_or_config) if name_or_config is not None else None
+    source_cfg, state_dict, notes = None, None, []
+    if pretrained is not None:
+        pretrained = _resolve_named(pretrained)
+        source_cfg, state_dict, notes = _read_source(_require(pretrained, "pretrained weights"), image_size)
+        if cfg is not None and not _same_architecture(cfg, source_cfg):
+            raise M3AEError(
+                f"{pretrained}: its architecture differs from {name_or_config!r}; "
+                "pass name_or_config=None to use the checkpoint's own"
+            )
+        cfg = (
+            source_cfg
+            if cfg is None
+            else cfg.with_heads(source_cfg.heads, source_cfg.num_answers, source_cfg.num_classes)
+        )
+    assert cfg is not None
+    if text_weights is not None:
+        text_cfg = TextConfig.from_pretrained_folder(_require(text_weights, "text weights"))
+        cfg = dataclasses.replace(cfg, text=text_cfg)  # a copy: the caller's config is not mutated
+    if heads is not None or num_answers is not None or num_classes is not None:
+        cfg = cfg.with_heads(cfg.heads if heads is None else heads, num_answers, num_classes)
+    if image_size is not None:
+        cfg = cfg.with_image_size(image_size)
+
+    model = M3AE(cfg)
+    report = LoadReport()
+    if state_dict is not None:
+        report = _load_checkpoint(model, state_dict, str(pretrained), source_cfg)
+        report.notes = notes + report.notes
+    if vision_weights is not None:
+        from m3ae.weights.clip import load_clip_vision
+
+        report.notes.append(load_clip_vision(model.vision_encoder, _require(vision_weights, "CLIP weights")))
+    text_path = text_weights or cfg.text.pretrained_path
+    if text_path is not None and state_dict is None:
+        from m3ae.models.text import load_text_weights
+
+        load_text_weights(model.text_encoder, _require(text_path, "text weights"))
+        report.notes.append(f"text tower loaded from {text_path}")
+    model.load_report = report
+    return model
+
+
+def _load_checkpoint(
+    model: M3AE, state_dict: dict[str, torch.Tensor], source: str, source_cfg: ModelConfig
+) -> Any:
+    """Load with the allow-lists "new heads may be missing" and "unrequested heads may be dropped"."""
+    from m3ae.weights.io import load_state_dict_checked
+
+    have = set(source_cfg.heads)
+    want = set(model.config.heads)
+    new = tuple(f"heads.{h}." for h in sorted(want - have))
+    dropped = tuple(f"heads.{h}." for h in sorted(have - want))
+    report = load_state_dict_checked(model, state_dict, source, allow_missing=new, allow_unexpected=dropped)
+    if "irtr" in want - have and "heads.itm.weight" in state_dict:
+        init_irtr_from_itm(model, state_dict)
+        report.notes.append("heads.irtr initialised from the ITM 'match' row (itm row 1)")
+    return report
+
+
+@torch.no_grad()
+def init_irtr_from_itm(model: M3AE, state_dict: dict[str, torch.Tensor]) -> None:
+    """Zero-shot retrieval: score = ITM "match" logit, so irtr starts as a copy of itm row 1."""
+    model.heads["irtr"].weight.copy_(state_dict["heads.itm.weight"][1:])
+    model.heads["irtr"].bias.copy_(state_dict["heads.itm.bias"][1:])

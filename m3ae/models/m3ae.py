@@ -1,0 +1,226 @@
+"""M3AE: wires the vision tower, the text tower, the co-attention fusion and the task heads.
+
+The forward pass (`encode`) follows upstream's `infer()`:
+image -> CLIP ViT (optionally masked) -> projection + modality row 1;
+text -> RoBERTa -> projection + modality row 0; both -> fusion -> poolers -> cls_feats.
+Heads are applied by the caller (a task) to the fields of `EncoderOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from m3ae.models.config import ModelConfig
+from m3ae.models.fusion import CoAttentionFusion
+from m3ae.models.heads import Pooler, build_heads
+from m3ae.models.text import build_text_encoder, encode_text
+from m3ae.models.vision import VisionTransformer
+
+TEXT_TYPE, IMAGE_TYPE = 0, 1
+"""Rows of `modality_embed` added to text and image tokens (upstream `image_token_type_idx=1`)."""
+
+
+@dataclass
+class ImageEmbeds:
+    """Output of `M3AE.embed_image`: the image stream before fusion, reusable across passes."""
+
+    embeds: torch.Tensor
+    """[B, 1+L_i', D] projected tokens with the image modality row added (CLS first)."""
+    mask: torch.Tensor | None = None
+    """[B, L_i], 1 = removed patch; None when nothing was masked."""
+    ids_restore: torch.Tensor | None = None
+    """[B, L_i] permutation that restores patch order; None when nothing was masked."""
+
+
+@dataclass
+class EncoderOutput:
+    """What `M3AE.encode` returns; the heads consume its fields."""
+
+    text_feats: torch.Tensor
+    """[B, L_t, D] final text stream."""
+    image_feats: torch.Tensor
+    """[B, 1+L_i', D] final image stream (CLS first)."""
+    cls_feats: torch.Tensor
+    """[B, 2D] = [text pooler, image pooler]."""
+    image_hidden: list[torch.Tensor] = field(default_factory=list)
+    """fusion.layers+1 tensors: the image-stream input of each fusion layer, then the final output."""
+    image_mask: torch.Tensor | None = None
+    """[B, L_i], 1 = removed (only when masked)."""
+    ids_restore: torch.Tensor | None = None
+    """[B, L_i] (only when masked)."""
+
+
+def init_new_weights(module: nn.Module) -> None:
+    """Upstream's init for modules trained from scratch: N(0, 0.02), zero bias, LayerNorm 1/0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class M3AE(nn.Module):
+    """Multi-modal masked autoencoder. Builds from a config; never reads files.
+
+    Args:
+        config: the model configuration (`ModelConfig.from_name("m3ae-tiny")`, ...).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.width
+        self.vision_encoder = VisionTransformer(config.vision)
+        self.text_encoder = build_text_encoder(config.text)
+        self.vision_proj = nn.Linear(config.vision.width, d)
+        self.text_proj = nn.Linear(config.text.hidden_size, d)
+        self.modality_embed = nn.Embedding(2, d)
+        self.fusion = CoAttentionFusion(config.fusion)
+        self.poolers = nn.ModuleDict({"text": Pooler(d), "image": Pooler(d)})
+        self.heads = build_heads(config)
+        for part in (
+            self.vision_proj,
+            self.text_proj,
+            self.modality_embed,
+            self.fusion,
+            self.poolers,
+            self.heads,
+        ):
+            init_new_weights(part)
+        if "mim" in self.heads:
+            nn.init.normal_(self.heads["mim"].mask_token, std=0.02)
+
+    # ------------------------------------------------------------------ forward
+    def embed_image(
+        self, pixel_values: torch.Tensor, image_noise: torch.Tensor | None = None, mask_ratio: float = 0.0
+    ) -> ImageEmbeds:
+        """Vision tower + projection + image modality embedding.
+
+        Args:
+            pixel_values: [B, C, H, W] CLIP-normalised.
+            image_noise: [B, L_i] noise driving the masking (smallest values kept); drawn when None.
+            mask_ratio: fraction of patches removed (0 = no masking).
+
+        Returns:
+            ImageEmbeds with embeds [B, 1+L_i', D] (and mask / ids_restore when masked).
+        """
+        tokens, mask, ids_restore = self.vision_encoder(pixel_values, image_noise, mask_ratio)
+        embeds = self.vision_proj(tokens) + self.modality_embed.weight[IMAGE_TYPE]  # [B, 1+L_i', D]
+        return ImageEmbeds(embeds, mask, ids_restore)
+
+    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text tower + projection + text modality embedding: [B, L_t] -> [B, L_t, D]."""
+        feats = encode_text(self.text_encoder, input_ids, attention_mask)
+        return self.text_proj(feats) + self.modality_embed.weight[TEXT_TYPE]
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_noise: torch.Tensor | None = None,
+        mask_ratio: float = 0.0,
+        image_embeds: ImageEmbeds | torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Encode an image-text batch.
+
+        Args:
+            pixel_values: [B, C, H, W]; may be None when `image_embeds` is given.
+            input_ids: [B, L_t].
+            attention_mask: [B, L_t] (1 = real token).
+            image_noise: [B, L_i] masking noise (MIM pass).
+            mask_ratio: fraction of image patches removed.
+            image_embeds: output of `embed_image` to reuse instead of running the vision tower.
+
+        Returns:
+            EncoderOutput.
+        """
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("encode() needs pixel_values or image_embeds")
+            image_embeds = self.embed_image(pixel_values, image_noise, mask_ratio)
+        elif mask_ratio > 0:
+            raise ValueError(
+                "mask_ratio applies to pixel_values; mask in embed_image() when reusing image_embeds"
+            )
+        elif isinstance(image_embeds, torch.Tensor):
+            image_embeds = ImageEmbeds(image_embeds)
+        text = self.embed_text(input_ids, attention_mask)
+        text, image, image_hidden = self.fusion(text, attention_mask, image_embeds.embeds)
+        cls_feats = torch.cat([self.poolers["text"](text), self.poolers["image"](image)], dim=-1)  # [B, 2D]
+        return EncoderOutput(
+            text, image, cls_feats, image_hidden, image_embeds.mask, image_embeds.ids_restore
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_noise: torch.Tensor | None = None,
+        mask_ratio: float = 0.0,
+        image_embeds: ImageEmbeds | torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Same as `encode` (so that DDP and hooks see a normal forward call)."""
+        return self.encode(pixel_values, input_ids, attention_mask, image_noise, mask_ratio, image_embeds)
+
+    def mim_features(self, out: EncoderOutput) -> torch.Tensor:
+        """The image-stream features the MIM decoder reads: `out.image_hidden[config.mim_layer]`."""
+        return out.image_hidden[self.config.mim_layer]
+
+    # ------------------------------------------------------------------ training helpers
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names of position, class, mask and modality embeddings (exempt from weight decay)."""
+        names = {
+            "vision_encoder.class_embedding",
+            "vision_encoder.pos_embed",
+            "text_encoder.embeddings.position_embeddings.weight",
+        }
+        if "mim" in self.heads:
+            names.add("heads.mim.mask_token")
+        own = dict(self.named_parameters())
+        return {n for n in names if n in own}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute vision, fusion and decoder block activations in backward to save memory."""
+        self.vision_encoder.grad_checkpointing = enable
+        self.fusion.grad_checkpointing = enable
+        if "mim" in self.heads:
+            self.heads["mim"].grad_checkpointing = enable
+        # transformers 5 renamed gradient_* to activation_checkpointing_*; accept both
+        text = self.text_encoder
+        if hasattr(text, "activation_checkpointing_enable"):
+            if enable:
+                text.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                text.activation_checkpointing_disable()
+        elif enable:
+            text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            text.gradient_checkpointing_disable()
+
+    # ------------------------------------------------------------------ I/O
+    def save_pretrained(
+        self, directory: str | Path, tokenizer: Any = None, extra: dict[str, Any] | None = None
+    ) -> Path:
+        """Write `model.safetensors`, `config.json` (+ `extra` metadata) and tokenizer files."""
+        from m3ae.weights.io import save_model
+
+        return save_model(self, directory, tokenizer=tokenizer, extra=extra)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, image_size: int | None = None, map_location: str | torch.device = "cpu"
+    ) -> M3AE:
+        """Load a folder written by `save_pretrained` (strict; positions resized to `image_size`)."""
+        from m3ae.weights.io import load_model
+
+        return load_model(directory, image_size=image_size, map_location=map_location)

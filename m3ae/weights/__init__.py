@@ -1,0 +1,1 @@
+"""Reading and writing weights: our safetensors folders, official M3AE checkpoints, CLIP."""
