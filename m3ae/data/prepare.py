@@ -1,0 +1,368 @@
+"""The common half of `m3ae prepare`: validate raw examples, store images once, write the format.
+
+Each raw source has a reader in ``m3ae.data.sources`` that turns its release into ``RawExample``
+lists per split. Everything after that is shared: text and answer-type checks, one decode of
+every image (missing, empty, truncated, undecodable, unsupported mode, too large), optional
+pre-resizing, answer or label vocabularies by protocol, and an atomic write of the folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m3ae.data.answers import normalize_answer
+from m3ae.data.images import decode_image, preresize_bytes
+from m3ae.data.storage import (
+    ANSWERS_FILE,
+    LABELS_FILE,
+    SUMMARY_FILE,
+    ImageShardWriter,
+    atomic_output,
+    write_examples,
+    write_json,
+)
+from m3ae.errors import DataError, M3AEError
+
+SPLITS = ("train", "val", "test")
+PROTOCOLS = ("paper", "clean")
+ON_ERROR = ("fail", "skip")
+ANSWER_TYPES = {"closed": 0, "open": 1}
+MIN_CAPTION_WORDS = 3
+"""Upstream keeps ROCO/MedICaT texts of at least 3 words; 2-word texts are filtered (and counted)."""
+OUTSIDE_SET = -1
+"""Label of a clean-protocol val/test example whose answer (or class) is not in the train set."""
+
+
+@dataclass
+class RawExample:
+    """One example as read from a raw release, before validation."""
+
+    split: str
+    image_id: str
+    """Stable key of the image, e.g. its path relative to the release folder."""
+    where: str
+    """"file:line" or "file record N", used in every error message about this example."""
+    image_path: Path | None = None
+    image_bytes: bytes | Callable[[], bytes] | None = None
+    """Set instead of image_path when the image comes from an upstream .arrow file (bytes, or a
+    callable returning them, so big memory-mapped arrows are not loaded at once)."""
+    text: str = ""
+    """Caption (pretrain/irtr), question (vqa) or text (cls)."""
+    answer: Any = None
+    answer_type: Any = None
+    question_id: int | None = None
+    label_name: str | None = None
+    label: int | None = None
+    """Set by readers that already hold label ids (upstream arrows)."""
+
+
+class Issues:
+    """Bad-input policy: ``fail`` raises a DataError at once, ``skip`` counts the drop by reason."""
+
+    def __init__(self, on_error: str = "fail") -> None:
+        if on_error not in ON_ERROR:
+            raise M3AEError(f"--on-error must be one of {ON_ERROR} (got {on_error!r})")
+        self.on_error = on_error
+        self.skipped: dict[str, Counter] = {s: Counter() for s in SPLITS}
+        self.filtered: dict[str, Counter] = {s: Counter() for s in SPLITS}
+
+    def bad(self, split: str, reason: str, message: str, count: int = 1) -> None:
+        """Report bad input: raise (fail) or count ``count`` dropped examples under ``reason`` (skip)."""
+        if self.on_error == "fail":
+            raise DataError(f"{message} [{reason}; use --on-error skip to drop and count such records]")
+        self.skipped.setdefault(split, Counter())[reason] += count
+
+    def filter(self, split: str, reason: str, count: int = 1) -> None:
+        """Count examples removed by a protocol rule (never an error), e.g. texts under 3 words."""
+        self.filtered.setdefault(split, Counter())[reason] += count
+
+
+@dataclass
+class PrepareOptions:
+    """What every reader and the writer need to know."""
+
+    dataset: str
+    task: str
+    protocol: str = "paper"
+    on_error: str = "fail"
+    image_size: int | None = None
+    image_format: str = "jpeg"
+    seed: int = 42
+    extra_summary: dict[str, Any] = field(default_factory=dict)
+
+
+def clean_text(text: Any) -> str:
+    """Collapse whitespace runs to one space and trim (upstream's ``re.sub(r"\\s+", " ", ...)``)."""
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+def check_text(ex: RawExample, issues: Issues, what: str, min_words: int = 2) -> bool:
+    """Empty and 1-word texts are bad input; for captions, 2-word texts are filtered as upstream does."""
+    words = len(ex.text.split())
+    if words == 0:
+        issues.bad(ex.split, "empty_text", f"{ex.where}: empty {what}")
+        return False
+    if words == 1:
+        issues.bad(ex.split, "one_word_text", f"{ex.where}: {what} has a single word: {ex.text!r}")
+        return False
+    if words < min_words:
+        issues.filter(ex.split, "short_text")
+        return False
+    return True
+
+
+def parse_answer_type(ex: RawExample, issues: Issues) -> bool:
+    """Map "open"/"closed" (after trimming and case-folding, so "CLOSED " is valid) to 1/0 in place."""
+    if isinstance(ex.answer_type, int) and ex.answer_type in (0, 1):
+        return True
+    key = str(ex.answer_type).strip().casefold() if ex.answer_type is not None else ""
+    if key not in ANSWER_TYPES:
+        issues.bad(
+            ex.split, "bad_answer_type", f"{ex.where}: answer_type {ex.answer_type!r} is not OPEN or CLOSED"
+        )
+        return False
+    ex.answer_type = ANSWER_TYPES[key]
+    return True
+
+
+def validate_examples(splits: dict[str, list[RawExample]], opts: PrepareOptions, issues: Issues) -> None:
+    """Drop (or fail on) examples with bad text, answers or answer types; in place."""
+    min_words = MIN_CAPTION_WORDS if opts.task in ("pretrain", "irtr") else 2
+    what = {"vqa": "question", "cls": "text"}.get(opts.task, "caption")
+    for split, examples in splits.items():
+        kept = []
+        for ex in examples:
+            ex.text = clean_text(ex.text)
+            if not check_text(ex, issues, what, min_words):
+                continue
+            if opts.task == "vqa":
+                if ex.answer is None:
+                    issues.bad(split, "malformed_record", f"{ex.where}: no answer")
+                    continue
+                # An empty answer string is kept: SLAKE train has one ("Does the picture contain
+                # liver?" -> ""), and upstream's 222 answers include "" as a class.
+                if not parse_answer_type(ex, issues):
+                    continue
+            kept.append(ex)
+        splits[split] = kept
+
+
+def check_duplicates(splits: dict[str, list[RawExample]], key: str, issues: Issues) -> None:
+    """A repeated question id (vqa) or image id (one-caption-per-image sources) within a split is bad input."""
+    for split, examples in splits.items():
+        seen: dict[Any, str] = {}
+        kept = []
+        for ex in examples:
+            value = getattr(ex, key)
+            if value in seen:
+                issues.bad(
+                    split, "duplicate_id", f"{ex.where}: duplicate {key} {value!r} (first at {seen[value]})"
+                )
+                continue
+            seen[value] = ex.where
+            kept.append(ex)
+        splits[split] = kept
+
+
+@dataclass
+class _ImageEntry:
+    example: RawExample  # the first example that references the image (for messages and bytes)
+    uses: Counter = field(default_factory=Counter)  # split -> number of examples
+
+
+def _load_image(entry: _ImageEntry, opts: PrepareOptions) -> tuple[str | None, str, bytes, int, int]:
+    """Read and decode one image. Returns (reason or None, message, stored bytes, width, height)."""
+    ex = entry.example
+    source = str(ex.image_path) if ex.image_path is not None else f"{ex.where} image {ex.image_id}"
+    if ex.image_bytes is not None:
+        data = ex.image_bytes() if callable(ex.image_bytes) else ex.image_bytes
+    else:
+        try:
+            data = Path(ex.image_path).read_bytes()
+        except FileNotFoundError:
+            return "missing_image", f"{source}: image file not found (referenced at {ex.where})", b"", 0, 0
+        except OSError as err:
+            return "missing_image", f"{source}: cannot read ({err}) (referenced at {ex.where})", b"", 0, 0
+    if not data:
+        return "empty_image", f"{source}: empty image file (0 bytes) (referenced at {ex.where})", b"", 0, 0
+    try:
+        image = decode_image(data, source)
+    except DataError as err:
+        text = str(err)
+        reason = "huge_image" if "limit" in text else "unsupported_mode" if "mode" in text else "bad_image"
+        return reason, f"{text} (referenced at {ex.where})", b"", 0, 0
+    if opts.image_size:
+        data, width, height = preresize_bytes(image, opts.image_size, opts.image_format)
+        return None, "", data, width, height
+    return None, "", data, image.width, image.height
+
+
+def collect_images(splits: dict[str, list[RawExample]]) -> dict[str, _ImageEntry]:
+    """Distinct images in order of first use, with how many examples of each split use them."""
+    entries: dict[str, _ImageEntry] = {}
+    for split, examples in splits.items():
+        for ex in examples:
+            entry = entries.setdefault(ex.image_id, _ImageEntry(ex))
+            entry.uses[split] += 1
+    return entries
+
+
+def store_images(
+    folder: Path, splits: dict[str, list[RawExample]], opts: PrepareOptions, issues: Issues
+) -> None:
+    """Decode every referenced image once, write the good ones, drop examples of the bad ones."""
+    from tqdm import tqdm
+
+    entries = collect_images(splits)
+    writer = ImageShardWriter(folder)
+    bad: set[str] = set()
+    try:
+        for image_id, entry in tqdm(
+            entries.items(), desc=f"{opts.dataset} images", unit="img", disable=len(entries) < 200
+        ):
+            reason, message, data, width, height = _load_image(entry, opts)
+            if reason is not None:
+                for split, count in entry.uses.items():
+                    issues.bad(split, reason, message, count)
+                bad.add(image_id)
+                continue
+            source = str(entry.example.image_path) if entry.example.image_path else entry.example.where
+            writer.add(image_id, data, width, height, source)
+    finally:
+        writer.close()
+    for split, examples in splits.items():
+        splits[split] = [ex for ex in examples if ex.image_id not in bad]
+
+
+def answer_vocabulary(splits: dict[str, list[RawExample]], protocol: str) -> list[str]:
+    """Normalised answers in first-seen order: over train, val, test (paper) or train only (clean)."""
+    order = SPLITS if protocol == "paper" else ("train",)
+    seen: dict[str, None] = {}
+    for split in order:
+        for ex in splits.get(split, []):
+            seen.setdefault(normalize_answer(ex.answer), None)
+    return list(seen)
+
+
+def label_vocabulary(splits: dict[str, list[RawExample]], protocol: str) -> list[str]:
+    """Sorted class names: over all splits (paper, as upstream) or train only (clean)."""
+    order = SPLITS if protocol == "paper" else ("train",)
+    return sorted({ex.label_name for split in order for ex in splits.get(split, [])})
+
+
+def _rows(task: str, examples: list[RawExample], index: dict[str, int] | None) -> tuple[list[dict], int]:
+    """Split-table rows; returns also how many examples fall outside the answer/label set."""
+    rows, outside = [], 0
+    for ex in examples:
+        if task in ("pretrain", "irtr"):
+            rows.append({"image_id": ex.image_id, "text": ex.text})
+            continue
+        if task == "vqa":
+            answer = normalize_answer(ex.answer) if ex.label is None else str(ex.answer)
+            label = ex.label if ex.label is not None else index.get(answer, OUTSIDE_SET)
+            rows.append(
+                {
+                    "question_id": int(ex.question_id),
+                    "image_id": ex.image_id,
+                    "question": ex.text,
+                    "answer": answer,
+                    "label": label,
+                    "answer_type": int(ex.answer_type),
+                }
+            )
+        else:
+            label = ex.label if ex.label is not None else index.get(ex.label_name, OUTSIDE_SET)
+            rows.append(
+                {"image_id": ex.image_id, "text": ex.text, "label": label, "label_name": ex.label_name}
+            )
+        outside += label == OUTSIDE_SET
+    return rows, outside
+
+
+def write_prepared(
+    out: Path,
+    splits: dict[str, list[RawExample]],
+    opts: PrepareOptions,
+    issues: Issues,
+    overwrite: bool = False,
+    vocabulary: list[str] | None = None,
+) -> dict[str, Any]:
+    """Validate, store and write a prepared folder atomically. Returns the summary.
+
+    Args:
+        out: the output folder (replaced only with ``overwrite``).
+        splits: raw examples per split, as produced by a reader.
+        opts: dataset name, task, protocol, image options.
+        issues: the bad-input policy, shared with the reader so counts add up.
+        overwrite: replace an existing ``out``.
+        vocabulary: a fixed answer/label list (upstream arrows); computed by protocol when None.
+    """
+    if opts.protocol not in PROTOCOLS:
+        raise M3AEError(f"--protocol must be one of {PROTOCOLS} (got {opts.protocol!r})")
+    with atomic_output(out, overwrite) as tmp:
+        validate_examples(splits, opts, issues)
+        vocab_fn = answer_vocabulary if opts.task == "vqa" else label_vocabulary
+        needs_vocab = vocabulary is None and opts.task in ("vqa", "cls")
+        if needs_vocab and opts.protocol == "paper":
+            # upstream builds the vocabulary before it drops examples whose image is missing
+            vocabulary = vocab_fn(splits, "paper")
+        store_images(tmp, splits, opts, issues)
+        if needs_vocab and opts.protocol == "clean":
+            vocabulary = vocab_fn(splits, "clean")  # from the train examples that survived every check
+        index = {name: i for i, name in enumerate(vocabulary)} if vocabulary is not None else None
+        summary = _summary(opts, issues, vocabulary)
+        for split in SPLITS:
+            examples = splits.get(split, [])
+            rows, outside = _rows(opts.task, examples, index)
+            write_examples(tmp / f"{split}.arrow", opts.task, rows)
+            info = {
+                "examples": len(rows),
+                "images": len({ex.image_id for ex in examples}),
+                "skipped": dict(issues.skipped.get(split, {})),
+                "filtered": dict(issues.filtered.get(split, {})),
+            }
+            if opts.task in ("vqa", "cls"):
+                info["outside_set"] = outside
+            summary["splits"][split] = info
+        summary["val_is_test"] = _same_examples(splits.get("val", []), splits.get("test", []))
+        if opts.task == "vqa":
+            write_json(tmp / ANSWERS_FILE, vocabulary)
+        elif opts.task == "cls":
+            write_json(tmp / LABELS_FILE, vocabulary)
+        write_json(tmp / SUMMARY_FILE, summary)
+    return summary
+
+
+def _same_examples(a: list[RawExample], b: list[RawExample]) -> bool:
+    """True when two splits hold the same examples (VQA-RAD paper protocol: val is a copy of test)."""
+    key = lambda ex: (ex.image_id, ex.question_id, ex.text, str(ex.answer))
+    return bool(a) and [key(ex) for ex in a] == [key(ex) for ex in b]
+
+
+def _summary(opts: PrepareOptions, issues: Issues, vocabulary: list[str] | None) -> dict[str, Any]:
+    from m3ae import __version__
+
+    summary: dict[str, Any] = {
+        "dataset": opts.dataset,
+        "protocol": opts.protocol,
+        "task": opts.task,
+        "splits": {},
+        "image_size": opts.image_size,
+        "image_format": opts.image_format if opts.image_size else "original",
+        "seed": opts.seed,
+        "on_error": issues.on_error,
+        "m3ae_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if opts.task == "vqa":
+        summary["num_answers"] = len(vocabulary)
+    elif opts.task == "cls":
+        summary["num_classes"] = len(vocabulary)
+    summary.update(opts.extra_summary)
+    return summary

@@ -1,0 +1,210 @@
+"""Prepare a benchmark from its raw release (or from the original code's .arrow files) into the
+m3ae format: memory-mapped Arrow tables, images stored once, summary.json and answers/labels.json.
+
+Datasets: roco, medicat, vqa-rad, slake, vqa-med-2019, melinda, roco-retrieval, custom.
+Protocols: "paper" reproduces the original preprocessing (answer sets over all splits, VQA-RAD
+val = test); "clean" uses official or held-out validation splits and train-only answer sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from m3ae.data import sources
+from m3ae.data.prepare import ON_ERROR, PROTOCOLS, Issues, PrepareOptions, check_duplicates, write_prepared
+from m3ae.data.specs import DATASETS, get_spec
+from m3ae.errors import M3AEError
+
+
+def prepare_dataset(
+    dataset: str,
+    src: str | Path,
+    out: str | Path,
+    protocol: str = "paper",
+    on_error: str = "fail",
+    image_size: int | None = None,
+    image_format: str = "jpeg",
+    seed: int = 42,
+    overwrite: bool = False,
+    from_arrow: bool = False,
+    label_column: str = "p_meth_label",
+    references: str | Path | None = None,
+    eval_size: int | None = None,
+    task: str | None = None,
+) -> dict[str, Any]:
+    """Prepare one dataset; the Python face of ``m3ae prepare``. Returns the summary dict.
+
+    Args:
+        dataset: a ``DATASETS`` name.
+        src: the raw release folder (or file, for ``custom``), or the folder of upstream .arrow files.
+        out: output folder, written atomically.
+        protocol: "paper" or "clean".
+        on_error: "fail" (stop at the first bad record) or "skip" (drop and count it).
+        image_size: pre-resize the shorter side to this many pixels (None keeps the original bytes).
+        image_format: "jpeg" (quality 95) or "png" for pre-resized images.
+        seed: seed for every shuffle (42 reproduces upstream).
+        overwrite: replace an existing ``out``.
+        from_arrow: read the original code's ``<name>_{train,val,test}.arrow`` files from ``src``.
+        label_column: MELINDA label column.
+        references: ROCO: folder with MedICaT's roco_*_references.jsonl.
+        eval_size: MedICaT val/test size (1000) or ROCO retrieval pool size (2000).
+        task: custom caption files: "pretrain" (default) or "irtr".
+    """
+    spec = get_spec(dataset)
+    src, out = Path(src), Path(out)
+    if src.is_file() and src.suffix == ".arrow":  # e.g. --src arrows/vqa_vqa_rad_train.arrow
+        src, from_arrow = src.parent, True
+    if not src.exists():
+        raise M3AEError(f"--src {src} does not exist (expected: {spec.layout})")
+    if image_format not in ("jpeg", "png"):
+        raise M3AEError(f"--image-format must be jpeg or png (got {image_format!r})")
+    issues = Issues(on_error)
+    vocabulary, extra = None, {}
+    task_name = spec.task
+    if from_arrow:
+        if dataset == "custom" or protocol != "paper":
+            raise M3AEError(
+                "--from-arrow reads the original (paper protocol) arrows of a named dataset; "
+                "use --protocol paper and a dataset other than custom"
+            )
+        splits, vocabulary = sources.read_upstream_arrows(src, dataset, spec.task, issues, label_column)
+        extra["from_arrow"] = True
+    elif dataset == "custom":
+        task_name, splits = sources.read_custom(src, protocol, seed, issues, task)
+    else:
+        options: dict[str, Any] = {}
+        if dataset == "melinda":
+            options["label_column"] = label_column
+            extra["label_column"] = label_column
+        if dataset == "roco":
+            ref = Path(references) if references else src / "references"
+            options["references"] = ref
+            extra["references"] = ref.is_dir()
+            if not ref.is_dir():
+                print(f"m3ae prepare: note: no MedICaT references at {ref}; ROCO texts are captions only")
+        if eval_size and dataset == "medicat":
+            options["eval_size"] = eval_size
+        if eval_size and dataset == "roco-retrieval":
+            options["pool_size"] = eval_size
+        splits = spec.reader(src, protocol, seed, issues, **options)
+    if task_name == "vqa" and not from_arrow:
+        check_duplicates(splits, "question_id", issues)
+    opts = PrepareOptions(dataset, task_name, protocol, on_error, image_size, image_format, seed, extra)
+    summary = write_prepared(out, splits, opts, issues, overwrite, vocabulary)
+    if spec.paper_num_answers and protocol == "paper" and not from_arrow:
+        got = summary.get("num_answers", summary.get("num_classes"))
+        if got != spec.paper_num_answers:
+            print(
+                f"m3ae prepare: note: {got} answers/classes; the original config expects {spec.paper_num_answers}"
+            )
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``m3ae prepare``."""
+    parser.add_argument("dataset", choices=list(DATASETS), help="benchmark to prepare")
+    parser.add_argument(
+        "--src",
+        required=True,
+        help="raw release folder (custom: a .csv/.jsonl or folder; "
+        "with --from-arrow: the folder holding the original <name>_{train,val,test}.arrow)",
+    )
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="paper",
+        help="paper: the original splits and answer sets; clean: held-out val, train-only answers",
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="fail",
+        help="fail: stop at the first bad record; skip: drop it and count it in summary.json",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="pre-resize the shorter side to N (bicubic, never upscaling); default keeps originals",
+    )
+    parser.add_argument(
+        "--image-format",
+        choices=("jpeg", "png"),
+        default="jpeg",
+        help="encoding of pre-resized images (JPEG quality 95, or lossless PNG)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="seed of every shuffle (42 = the original)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--from-arrow",
+        action="store_true",
+        help="read the .arrow files written by the original M3AE preprocessing (implied when --src is "
+        "one of those .arrow files)",
+    )
+    parser.add_argument(
+        "--label-column",
+        default="p_meth_label",
+        choices=sources.MELINDA_LABEL_COLUMNS,
+        help="MELINDA label column",
+    )
+    parser.add_argument(
+        "--references",
+        default=None,
+        help="roco: folder with MedICaT's roco_{train,val,test}_references.jsonl",
+    )
+    parser.add_argument(
+        "--eval-size",
+        type=int,
+        default=None,
+        help="medicat: val and test size (1000); roco-retrieval: pool size (2000)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("pretrain", "irtr"),
+        default=None,
+        help="custom caption data: pre-training (default) or retrieval",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``m3ae prepare`` and print the split counts."""
+    summary = prepare_dataset(
+        args.dataset,
+        args.src,
+        args.out,
+        protocol=args.protocol,
+        on_error=args.on_error,
+        image_size=args.image_size,
+        image_format=args.image_format,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        from_arrow=args.from_arrow,
+        label_column=args.label_column,
+        references=args.references,
+        eval_size=args.eval_size,
+        task=args.task,
+    )
+    print(format_summary(summary, args.out))
+    return 0
+
+
+def format_summary(summary: dict[str, Any], out: str | Path) -> str:
+    """A few human-readable lines: examples and images per split, skips, the vocabulary size."""
+    lines = [f"{summary['dataset']} ({summary['task']}, protocol {summary['protocol']}) -> {out}"]
+    for split, info in summary["splits"].items():
+        extra = ""
+        if info.get("skipped"):
+            extra += f", skipped {info['skipped']}"
+        if info.get("filtered"):
+            extra += f", filtered {info['filtered']}"
+        if info.get("outside_set"):
+            extra += f", {info['outside_set']} outside the answer set"
+        lines.append(f"  {split}: {info['examples']} examples, {info['images']} images{extra}")
+    if "num_answers" in summary:
+        lines.append(f"  answers: {summary['num_answers']}")
+    if "num_classes" in summary:
+        lines.append(f"  classes: {summary['num_classes']}")
+    return "\n".join(lines)

@@ -1,0 +1,595 @@
+"""Readers for each raw release: turn its files into ``RawExample`` lists per split.
+
+One function per source (``read_vqa_rad``, ``read_slake``, ...). They only parse and split; all
+validation of texts and images, vocabularies and writing happen in ``m3ae.data.prepare``.
+Line numbers in messages are 1-based; JSON list records are numbered from 0 (their index).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from m3ae.data.prepare import SPLITS, Issues, RawExample, clean_text
+from m3ae.errors import DataError
+
+VQA_RAD_VAL_FRACTION = 0.1
+"""Clean protocol: share of VQA-RAD train images held out as validation."""
+MEDICAT_EVAL_SIZE = 1000
+"""MedICaT: the last 2,000 shuffled radiology figures become val (first 1,000) and test (last 1,000)."""
+ROCO_POOL_SIZE = 2000
+"""ROCO retrieval: image-caption pairs in the val and test pools."""
+MEDVQA_CATEGORIES = ("Modality", "Organ", "Plane")  # Abnormality (C4) excluded, as upstream
+SLAKE_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
+MELINDA_FILES = {"train": "train.csv", "val": "dev.csv", "test": "test.csv"}
+MELINDA_LABEL_COLUMNS = ("i_meth", "p_meth", "i_meth_label", "p_meth_label")
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{path}: {what} not found")
+    return path
+
+
+def read_json_list(path: Path) -> list[Any]:
+    """A JSON file holding a list; a syntax error names the file and line."""
+    _require(path, "annotation file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from err
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def _record_fields(record: Any, where: str, fields: tuple[str, ...], split: str, issues: Issues) -> bool:
+    if not isinstance(record, dict) or any(f not in record for f in fields):
+        missing = [f for f in fields if not isinstance(record, dict) or f not in record]
+        issues.bad(split, "malformed_record", f"{where}: malformed record, missing {missing}")
+        return False
+    return True
+
+
+def _vqa_examples(
+    path: Path, split: str, image_root: Path, name_key: str, issues: Issues, keep=lambda r: True
+) -> list[RawExample]:
+    examples = []
+    for i, rec in enumerate(read_json_list(path)):
+        where = f"{path} record {i}"
+        if not _record_fields(
+            rec, where, (name_key, "qid", "question", "answer", "answer_type"), split, issues
+        ):
+            continue
+        if not keep(rec):
+            issues.filter(split, "not_english")
+            continue
+        examples.append(
+            RawExample(
+                split=split,
+                image_id=str(rec[name_key]),
+                where=where,
+                image_path=image_root / str(rec[name_key]),
+                text=rec["question"],
+                answer=rec["answer"],
+                answer_type=rec["answer_type"],
+                question_id=int(rec["qid"]),
+            )
+        )
+    return examples
+
+
+def hold_out_by_image(examples: list[RawExample], fraction: float, seed: int) -> tuple[list, list]:
+    """Split examples into (kept, held out) so that no image is on both sides; seeded."""
+    images = sorted({ex.image_id for ex in examples})
+    rng = random.Random(seed)
+    rng.shuffle(images)
+    held = set(images[: max(1, round(fraction * len(images)))])
+    kept = [ex for ex in examples if ex.image_id not in held]
+    val = [ex for ex in examples if ex.image_id in held]
+    for ex in val:
+        ex.split = "val"
+    return kept, val
+
+
+def read_vqa_rad(src: Path, protocol: str, seed: int, issues: Issues) -> dict[str, list[RawExample]]:
+    """VQA-RAD (MEVF split): trainset.json, testset.json [, valset.json], images/.
+
+    paper: val = valset.json when present, else a copy of the test set (what upstream's valset.json
+    is). clean: val = 10% of the train images, held out with ``seed``.
+    """
+    images = src / "images"
+    splits = {
+        s: _vqa_examples(src / f"{s}set.json", s, images, "image_name", issues) for s in ("train", "test")
+    }
+    if protocol == "paper":
+        valset = src / "valset.json"
+        if valset.exists():
+            splits["val"] = _vqa_examples(valset, "val", images, "image_name", issues)
+        else:
+            splits["val"] = [RawExample(**{**ex.__dict__, "split": "val"}) for ex in splits["test"]]
+    else:
+        splits["train"], splits["val"] = hold_out_by_image(splits["train"], VQA_RAD_VAL_FRACTION, seed)
+    return {s: splits[s] for s in SPLITS}
+
+
+def read_slake(src: Path, protocol: str, seed: int, issues: Issues) -> dict[str, list[RawExample]]:
+    """SLAKE 1.0: train/validate/test.json + imgs/; English questions only (both protocols)."""
+    english = lambda rec: rec.get("q_lang") == "en"
+    return {
+        s: _vqa_examples(src / f, s, src / "imgs", "img_name", issues, english)
+        for s, f in SLAKE_FILES.items()
+    }
+
+
+def read_medvqa_2019(src: Path, protocol: str, seed: int, issues: Issues) -> dict[str, list[RawExample]]:
+    """ImageCLEF VQA-Med 2019: {split}/QA/{Modality,Organ,Plane}.csv lines ``image_id|question|answer``.
+
+    Question ids are running line numbers over the three files, continued across splits (upstream).
+    Every question is OPEN.
+    """
+    splits, offset = {}, 0
+    for split in SPLITS:
+        lines: list[tuple[str, str]] = []
+        for category in MEDVQA_CATEGORIES:
+            path = _require(src / split / "QA" / f"{category}.csv", "VQA-Med QA file")
+            text = path.read_text(encoding="utf-8").strip()
+            lines += [(f"{path}:{n + 1}", line.rstrip("\r")) for n, line in enumerate(text.split("\n"))]
+        examples = []
+        for idx, (where, line) in enumerate(lines):
+            parts = line.split("|")
+            if len(parts) != 3:
+                issues.bad(
+                    split, "malformed_line", f"{where}: expected image_id|question|answer, got {line!r}"
+                )
+                continue
+            image_id, question, answer = parts
+            examples.append(
+                RawExample(
+                    split=split,
+                    image_id=f"{split}/images/{image_id}.jpg",
+                    where=where,
+                    image_path=src / split / "images" / f"{image_id}.jpg",
+                    text=question,
+                    answer=answer,
+                    answer_type="OPEN",
+                    question_id=idx + offset,
+                )
+            )
+        offset += len(lines)
+        splits[split] = examples
+    return splits
+
+
+def read_melinda(
+    src: Path, protocol: str, seed: int, issues: Issues, label_column: str = "p_meth_label"
+) -> dict[str, list[RawExample]]:
+    """MELINDA: train/dev/test.csv (columns figure_file, caption, i_meth, p_meth, i_meth_label,
+    p_meth_label) and melinda_images/; one example per row, label from ``label_column``."""
+    if label_column not in MELINDA_LABEL_COLUMNS:
+        raise DataError(f"--label-column must be one of {MELINDA_LABEL_COLUMNS} (got {label_column!r})")
+    splits = {}
+    for split, name in MELINDA_FILES.items():
+        path = _require(src / name, "MELINDA csv")
+        examples = []
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [
+                c for c in ("figure_file", "caption", label_column) if c not in (reader.fieldnames or [])
+            ]
+            if missing:
+                raise DataError(f"{path}:1: header lacks columns {missing}")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row or any(row.get(c) is None for c in ("figure_file", "caption", label_column)):
+                    issues.bad(split, "malformed_line", f"{where}: wrong number of fields")
+                    continue
+                examples.append(
+                    RawExample(
+                        split=split,
+                        image_id=row["figure_file"],
+                        where=where,
+                        image_path=src / "melinda_images" / row["figure_file"],
+                        text=row["caption"],
+                        label_name=row[label_column].strip(),
+                    )
+                )
+        splits[split] = examples
+    return splits
+
+
+def _medicat_texts(sample: dict[str, Any]) -> list[str]:
+    texts = []
+    if sample.get("s2_caption"):
+        texts.append(sample["s2_caption"])
+    texts.extend(sample.get("s2orc_references") or [])
+    return texts
+
+
+def read_jsonl(path: Path, split: str, issues: Issues) -> list[tuple[str, dict[str, Any]]]:
+    """(where, object) for each non-empty line of a JSON-lines file; bad lines go through ``issues``."""
+    out = []
+    for n, line in enumerate(_require(path, "JSON-lines file").read_text(encoding="utf-8").split("\n")):
+        if not line.strip():
+            continue
+        where = f"{path}:{n + 1}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            issues.bad(split, "malformed_line", f"{where}: malformed JSON ({err.msg})")
+            continue
+        if not isinstance(obj, dict):
+            issues.bad(split, "malformed_line", f"{where}: expected a JSON object")
+            continue
+        out.append((where, obj))
+    return out
+
+
+def read_medicat(
+    src: Path, protocol: str, seed: int, issues: Issues, eval_size: int = MEDICAT_EVAL_SIZE
+) -> dict[str, list[RawExample]]:
+    """MedICaT: release/s2_full_figures_oa_nonroco_combined_medical_top4_public.jsonl + release/figures/.
+
+    Radiology figures only; shuffled with ``random.seed(seed)`` (42 upstream); the last
+    2 x ``eval_size`` become val then test. Texts = caption + inline references, one example each.
+    """
+    path = src / "release" / "s2_full_figures_oa_nonroco_combined_medical_top4_public.jsonl"
+    records = [(w, o) for w, o in read_jsonl(path, "train", issues) if o.get("radiology")]
+    random.seed(seed)  # the module-level generator, as upstream, so the shuffle is identical
+    indices = list(range(len(records)))
+    random.shuffle(indices)
+    parts = {
+        "train": indices[: -2 * eval_size],
+        "val": indices[-2 * eval_size : -eval_size],
+        "test": indices[-eval_size:],
+    }
+    splits: dict[str, list[RawExample]] = {s: [] for s in SPLITS}
+    for split, chosen in parts.items():
+        for i in chosen:
+            where, sample = records[i]
+            if "pdf_hash" not in sample or "fig_uri" not in sample:
+                issues.bad(split, "malformed_record", f"{where}: missing pdf_hash/fig_uri")
+                continue
+            name = f"{sample['pdf_hash']}_{sample['fig_uri']}"
+            for text in _medicat_texts(sample):
+                splits[split].append(
+                    RawExample(
+                        split=split,
+                        image_id=f"figures/{name}",
+                        where=where,
+                        image_path=src / "release" / "figures" / name,
+                        text=text,
+                    )
+                )
+    return splits
+
+
+def _roco_dir(src: Path, split: str) -> Path:
+    return src / split / "radiology"
+
+
+def _roco_captions(src: Path, split: str, issues: Issues, lines: list[tuple[str, str]] | None = None):
+    """(where, roco_id, caption) per well-formed captions.txt line (``ROCO_id<TAB>caption``)."""
+    path = _require(_roco_dir(src, split) / "captions.txt", "ROCO captions.txt")
+    if lines is None:
+        lines = [
+            (f"{path}:{n + 1}", line) for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"))
+        ]
+    for where, line in lines:
+        if not line.strip():
+            continue
+        parts = line.strip().split("\t")
+        if len(parts) != 2:
+            issues.bad(split, "malformed_line", f"{where}: expected ROCO_id<TAB>caption")
+            continue
+        yield where, parts[0], parts[1]
+
+
+def _roco_example(src: Path, split: str, roco_id: str, where: str, text: str) -> RawExample:
+    return RawExample(
+        split=split,
+        image_id=f"{split}/{roco_id}.jpg",
+        where=where,
+        image_path=_roco_dir(src, split) / "images" / f"{roco_id}.jpg",
+        text=text,
+    )
+
+
+def _roco_figure_map(src: Path, issues: Issues) -> dict[str, str]:
+    """``<PMC id>_<figure file>`` -> ROCO id, from every split's dlinks.txt."""
+    mapping = {}
+    for split in SPLITS:
+        path = _require(_roco_dir(src, split) / "dlinks.txt", "ROCO dlinks.txt")
+        for n, line in enumerate(path.read_text(encoding="utf-8").split("\n")):
+            if not line.strip():
+                continue
+            parts = line.strip().split("\t")
+            words = parts[1].split(" ") if len(parts) == 3 else []
+            if len(words) < 3:
+                issues.bad(
+                    split, "malformed_line", f"{path}:{n + 1}: expected ROCO_id<TAB> wget URL<TAB>figure"
+                )
+                continue
+            pmc = words[2].split("/")[-1].split(".")[0]  # .../PMC1234567.tar.gz -> PMC1234567
+            mapping[f"{pmc}_{parts[-1]}"] = parts[0]
+    return mapping
+
+
+def read_roco(
+    src: Path, protocol: str, seed: int, issues: Issues, references: Path | None = None
+) -> dict[str, list[RawExample]]:
+    """ROCO radiology for pre-training: texts = MedICaT inline references + the caption.
+
+    ``references`` is the folder with ``roco_{train,val,test}_references.jsonl`` from the MedICaT
+    release; default ``<src>/references``. Without it only captions are used (recorded in summary).
+    """
+    references = references or src / "references"
+    splits: dict[str, list[RawExample]] = {s: [] for s in SPLITS}
+    if references.is_dir():
+        figure_map = _roco_figure_map(src, issues)
+        for split in SPLITS:
+            for where, sample in read_jsonl(references / f"roco_{split}_references.jsonl", split, issues):
+                roco_id = figure_map.get(sample.get("roco_image_id"))
+                if roco_id is None:
+                    issues.bad(
+                        split,
+                        "unknown_reference",
+                        f"{where}: roco_image_id {sample.get('roco_image_id')!r} not in any dlinks.txt",
+                    )
+                    continue
+                for text in sample.get("gorc_references") or []:
+                    splits[split].append(_roco_example(src, split, roco_id, where, text))
+    for split in SPLITS:
+        seen: dict[str, str] = {}
+        for where, roco_id, caption in _roco_captions(src, split, issues):
+            if roco_id in seen:
+                issues.bad(
+                    split,
+                    "duplicate_id",
+                    f"{where}: duplicate image id {roco_id!r} (first at {seen[roco_id]})",
+                )
+                continue
+            seen[roco_id] = where
+            splits[split].append(_roco_example(src, split, roco_id, where, caption))
+    return splits
+
+
+def read_roco_retrieval(
+    src: Path, protocol: str, seed: int, issues: Issues, pool_size: int = ROCO_POOL_SIZE
+) -> dict[str, list[RawExample]]:
+    """ROCO captions for retrieval; val/test are pools of ``pool_size`` pairs.
+
+    paper: one ``random.seed(seed)`` then train, val, test lines shuffled in turn (so the pools depend
+    on the train file, as upstream). clean: each split shuffled by its own ``Random(seed)``.
+    Lines after a pool is full are not read at all (upstream stops there).
+    """
+    if protocol == "paper":
+        random.seed(seed)
+    splits: dict[str, list[RawExample]] = {}
+    for split in SPLITS:
+        path = _require(_roco_dir(src, split) / "captions.txt", "ROCO captions.txt")
+        raw = path.read_text(encoding="utf-8").strip().split("\n")
+        lines = [(f"{path}:{n + 1}", line) for n, line in enumerate(raw)]
+        (random if protocol == "paper" else random.Random(seed)).shuffle(lines)
+        examples, seen = [], {}
+        for where, roco_id, caption in _roco_captions(src, split, issues, lines):
+            if roco_id in seen:
+                issues.bad(
+                    split,
+                    "duplicate_id",
+                    f"{where}: duplicate image id {roco_id!r} (first at {seen[roco_id]})",
+                )
+                continue
+            words = len(clean_text(caption).split())
+            if words <= 1:
+                issues.bad(
+                    split, "empty_text" if words == 0 else "one_word_text", f"{where}: caption too short"
+                )
+                continue
+            if words < 3:
+                issues.filter(split, "short_text")  # upstream drops it before counting towards the pool
+                continue
+            seen[roco_id] = where
+            examples.append(_roco_example(src, split, roco_id, where, caption))
+            if split != "train" and len(examples) == pool_size:
+                break
+        splits[split] = examples
+    return splits
+
+
+CUSTOM_SUFFIXES = (".csv", ".jsonl")
+CUSTOM_TASK_COLUMNS = {"vqa": ("question", "answer"), "cls": ("text", "label"), "pretrain": ("caption",)}
+
+
+def _custom_records(path: Path, split: str, issues: Issues) -> list[tuple[str, dict[str, Any]]]:
+    if path.suffix == ".jsonl":
+        return read_jsonl(path, split, issues)
+    records = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row or None in row.values():
+                issues.bad(split, "malformed_line", f"{where}: wrong number of fields")
+                continue
+            records.append((where, row))
+    return records
+
+
+def _custom_files(src: Path) -> dict[str, Path | None]:
+    """A single file (with a ``split`` column) or a folder of {train,val,test}.{csv,jsonl}."""
+    if src.is_file():
+        if src.suffix not in CUSTOM_SUFFIXES:
+            raise DataError(f"{src}: custom data must be .csv or .jsonl")
+        return {"*": src}
+    found = {}
+    for split in SPLITS:
+        hits = [src / f"{split}{suffix}" for suffix in CUSTOM_SUFFIXES if (src / f"{split}{suffix}").exists()]
+        found[split] = hits[0] if hits else None
+    if not any(found.values()):
+        raise DataError(f"{src}: no train/val/test .csv or .jsonl files")
+    return found
+
+
+def custom_task(columns: set[str], task: str | None) -> str:
+    """Which task a custom file describes, from its columns (``--task`` decides caption files)."""
+    if {"question", "answer"} <= columns:
+        return "vqa"
+    if {"text", "label"} <= columns:
+        return "cls"
+    if "caption" in columns:
+        return task if task in ("pretrain", "irtr") else "pretrain"
+    raise DataError(
+        f"custom data needs columns image + caption, image + question + answer, or image + text + label; "
+        f"found {sorted(columns)}"
+    )
+
+
+def read_custom(
+    src: Path, protocol: str, seed: int, issues: Issues, task: str | None = None
+) -> tuple[str, dict[str, list[RawExample]]]:
+    """User data: CSV or JSONL with ``image`` plus caption / question+answer[+answer_type] / text+label.
+
+    Image paths are relative to the file's folder (or absolute). A single file needs a ``split``
+    column (train/val/test). Returns (task, splits).
+    """
+    splits: dict[str, list[RawExample]] = {s: [] for s in SPLITS}
+    detected = None
+    for file_split, path in _custom_files(src).items():
+        if path is None:
+            continue
+        for n, (where, rec) in enumerate(
+            _custom_records(path, "train" if file_split == "*" else file_split, issues)
+        ):
+            split = str(rec.get("split", "")).strip().lower() if file_split == "*" else file_split
+            split = {"dev": "val", "valid": "val", "validation": "val"}.get(split, split)
+            if split not in SPLITS:
+                issues.bad(
+                    "train", "malformed_record", f"{where}: split {rec.get('split')!r} is not train/val/test"
+                )
+                continue
+            kind = custom_task(set(rec), task)
+            if detected is not None and kind != detected:
+                raise DataError(
+                    f"{where}: columns describe a {kind} record but earlier records were {detected}"
+                )
+            detected = kind
+            if not str(rec.get("image") or "").strip():
+                issues.bad(split, "malformed_record", f"{where}: no image path")
+                continue
+            image_path = Path(str(rec["image"]).strip())
+            image_path = image_path if image_path.is_absolute() else path.parent / image_path
+            ex = RawExample(
+                split=split, image_id=str(rec["image"]).strip(), where=where, image_path=image_path
+            )
+            if kind == "vqa":
+                ex.text, ex.answer = rec["question"], rec["answer"]
+                ex.answer_type = rec.get("answer_type") or "OPEN"
+                ex.question_id = int(rec["question_id"]) if str(rec.get("question_id") or "").strip() else n
+            elif kind == "cls":
+                ex.text, ex.label_name = rec["text"], str(rec["label"]).strip()
+            else:
+                ex.text = rec["caption"]
+            splits[split].append(ex)
+    if detected is None:
+        raise DataError(f"{src}: no records")
+    return detected, splits
+
+
+UPSTREAM_ARROW_NAMES = {
+    "vqa-rad": "vqa_vqa_rad",
+    "slake": "vqa_slack",
+    "vqa-med-2019": "vqa_medvqa_2019",
+    "melinda": "cls_melinda",
+    "roco": "roco",
+    "medicat": "medicat",
+    "roco-retrieval": "irtr_roco",
+}
+
+
+def _upstream_arrow(src: Path, dataset: str, split: str):
+    import pyarrow as pa
+
+    path = src / f"{UPSTREAM_ARROW_NAMES[dataset]}_{split}.arrow"
+    if not path.exists():
+        raise DataError(f"{path}: upstream arrow file not found (expected <src>/{path.name})")
+    try:
+        return path, pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except pa.ArrowInvalid as err:
+        raise DataError(f"{path}: not a readable Arrow IPC file ({err})") from err
+
+
+class _ArrowImage:
+    """Lazy bytes of row ``row`` of a memory-mapped upstream ``image`` column."""
+
+    def __init__(self, column, row: int) -> None:
+        self.column, self.row = column, row
+
+    def __call__(self) -> bytes:
+        return self.column[self.row].as_py()
+
+
+def read_upstream_arrows(
+    src: Path, dataset: str, task: str, issues: Issues, label_column: str = "p_meth_label"
+) -> tuple[dict[str, list[RawExample]], list[str] | None]:
+    """The .arrow files written by the original preprocessing (spec §5.1/§5.3), one row per image.
+
+    Returns (splits, vocabulary). For VQA the answer list is rebuilt from the stored
+    (label, answer) pairs; MELINDA arrows hold only label indices, so class names are "0", "1", ...
+    """
+    splits: dict[str, list[RawExample]] = {s: [] for s in SPLITS}
+    answers: dict[int, str] = {}
+    num_labels = 0
+    for split in SPLITS:
+        path, table = _upstream_arrow(src, dataset, split)
+        images = table.column("image")  # memory-mapped: bytes are read one image at a time, on use
+        text_columns = table.drop_columns(["image"])
+        for r, row in enumerate(text_columns.to_pylist()):
+            where = f"{path} row {r}"
+            base = {
+                "split": split,
+                "image_id": str(row["image_id"]),
+                "where": where,
+                "image_bytes": _ArrowImage(images, r),
+            }
+            if task == "vqa":
+                for q, question in enumerate(row["questions"]):
+                    labels, names = row["answer_labels"][q], row["answers"][q]
+                    if len(labels) != 1:
+                        issues.bad(
+                            split, "malformed_record", f"{where}: question {q} has {len(labels)} answers"
+                        )
+                        continue
+                    answers[labels[0]] = names[0]
+                    splits[split].append(
+                        RawExample(
+                            **base,
+                            text=question,
+                            answer=names[0],
+                            label=labels[0],
+                            answer_type=int(row["answer_type"][q]),
+                            question_id=int(row["question_id"][q]),
+                        )
+                    )
+            elif task == "cls":
+                for c, caption in enumerate(row["caption"]):
+                    label = int(row[label_column][c])
+                    num_labels = max(num_labels, label + 1)
+                    splits[split].append(RawExample(**base, text=caption, label=label, label_name=str(label)))
+            else:
+                for caption in row["caption"]:
+                    splits[split].append(RawExample(**base, text=caption))
+    if task == "vqa":
+        size = max(answers) + 1 if answers else 0
+        missing = [i for i in range(size) if i not in answers]
+        if missing:
+            raise DataError(
+                f"{src}: answer labels {missing[:5]} appear in no arrow row; cannot rebuild the answer list"
+            )
+        return splits, [answers[i] for i in range(size)]
+    if task == "cls":
+        return splits, [str(i) for i in range(num_labels)]
+    return splits, None
