@@ -1,0 +1,244 @@
+"""Resumable checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+
+A checkpoint is a folder ``checkpoints/step_0000100/`` holding ``model.safetensors``,
+``optimizer.safetensors`` (AdamW moments), ``rng.safetensors`` (torch RNG states) and
+``state.json`` (step, data position, optimizer hyper-parameters, scaler, numpy/python RNG, config).
+It is written into a temporary folder, every file is fsync'ed, and the folder is renamed into
+place; ``checkpoints/latest.json`` then points at it. A crash at any moment leaves either the old or
+the new checkpoint complete, never a half-written one. Nothing is unpickled when loading.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from m3ae.errors import CheckpointError
+
+LATEST = "latest.json"
+STATE = "state.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes a small text file atomically (temp file, fsync, rename, fsync the folder)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _plain_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies with no shared storage (what safetensors requires)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+# -- optimizer ------------------------------------------------------------------------------------
+
+def optimizer_to_flat(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Splits ``optimizer.state_dict()`` into tensors (``state.<param>.<key>``) and JSON metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in opt_state["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": _jsonable(opt_state["param_groups"]), "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Inverse of `optimizer_to_flat`: a dict ``optimizer.load_state_dict`` accepts."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, st in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if torch.is_tensor(obj):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return obj
+
+
+# -- RNG ------------------------------------------------------------------------------------------
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Torch (CPU and CUDA) RNG states as tensors, numpy and python ones as JSON."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": _jsonable(random.getstate()),
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restores what `rng_state` saved."""
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    if "numpy" in meta:
+        kind, keys, pos, has_gauss, gauss = meta["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "python" in meta:
+        version, internal, gauss = meta["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+# -- save / load ----------------------------------------------------------------------------------
+
+def save_checkpoint(
+    ckpt_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Writes ``ckpt_dir/step_{step:07d}`` atomically and points ``latest.json`` at it.
+
+    Args:
+        ckpt_dir: the run's ``checkpoints/`` folder.
+        step: optimisation steps done.
+        model: the (unwrapped) model.
+        optimizer: its optimizer.
+        state: JSON-serialisable extras: data position, scheduler, scaler, config, best metric.
+        keep: number of step checkpoints to keep (older ones are deleted after the new one exists).
+
+    Returns:
+        The checkpoint folder.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step_{step:07d}"
+    tmp = ckpt_dir / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
+    rng_tensors, rng_meta = rng_state()
+    save_file(_plain_tensors(model.state_dict()), str(tmp / "model.safetensors"))
+    save_file(_plain_tensors(opt_tensors), str(tmp / "optimizer.safetensors"))
+    save_file(_plain_tensors(rng_tensors), str(tmp / "rng.safetensors"))
+    meta = {"step": step, "optimizer": opt_meta, "rng": rng_meta, **_jsonable(state)}
+    (tmp / STATE).write_text(json.dumps(meta))
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_dir)
+    atomic_write_text(ckpt_dir / LATEST, json.dumps({"step": step, "path": final.name}))
+    _prune(ckpt_dir, keep, final)
+    return final
+
+
+def _prune(ckpt_dir: Path, keep: int, newest: Path) -> None:
+    olds = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and p != newest)
+    for p in olds[: max(0, len(olds) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The folder ``latest.json`` points at, or None when there is no checkpoint yet."""
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["path"]
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({err})") from None
+    path = ckpt_dir / name
+    if not (path / STATE).is_file():
+        raise CheckpointError(f"{pointer} points at {path}, which is not a complete checkpoint")
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, Any]:
+    """Loads a checkpoint folder into ``model`` (strict) and ``optimizer``; restores RNG states.
+
+    Returns:
+        The JSON state (step, data position, scheduler, scaler, config, ...).
+
+    Raises:
+        CheckpointError: missing files, unreadable files, or keys/shapes that do not match.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads((path / STATE).read_text())
+        weights = load_file(str(path / "model.safetensors"))
+        opt_tensors = load_file(str(path / "optimizer.safetensors"))
+        rng_tensors = load_file(str(path / "rng.safetensors"))
+    except (OSError, ValueError, SafetensorError) as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {err}") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}/model.safetensors does not match the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    bad = [k for k in own if own[k].shape != weights[k].shape]
+    if bad:
+        raise CheckpointError(f"{path}/model.safetensors: shape mismatch for {bad[:5]}")
+    model.load_state_dict(weights, strict=True)
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(optimizer_from_flat(opt_tensors, meta["optimizer"]))
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}: optimizer state does not match: {err}") from None
+    set_rng_state(rng_tensors, meta.get("rng", {}))
+    return meta

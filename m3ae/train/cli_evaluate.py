@@ -1,0 +1,28 @@
+"""Evaluate a saved model (a run's best/ folder) on a split of a prepared data folder.
+
+Example: m3ae evaluate --model runs/vqa_rad/best --data data/vqa-rad --split test
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the evaluation options."""
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (save_pretrained output)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="a folder written by `m3ae prepare`")
+    parser.add_argument("--split", default="test", help="split to evaluate (train, val or test)")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples (images for retrieval) per batch")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="autocast precision of the forward passes")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--out", metavar="DIR", help="also write metrics.json into this folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prints a summary table of the split's metrics."""
+    from m3ae.train.runner import evaluate
+
+    evaluate(args.model, args.data, args.split, batch_size=args.batch_size, precision=args.precision,
+             device=args.device, out_dir=args.out)
+    return 0

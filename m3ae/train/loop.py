@@ -1,0 +1,392 @@
+"""The one training loop: every task (pre-training, VQA, classification, retrieval) runs through `fit`.
+
+`fit` knows nothing about tasks: a task maps (model, batch) to named losses and back-propagates
+them; `fit` handles accumulation, precision, the schedule, data parallelism, logging,
+validation/model selection and crash-safe checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from m3ae.errors import M3AEError
+from m3ae.train import distributed as D
+from m3ae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from m3ae.train.config import EvalArgs, OptimArgs, TrainArgs
+from m3ae.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps_for
+from m3ae.train.runlog import RunLogger
+
+
+class Task(Protocol):
+    """What the loop needs from a task (see `m3ae.train.tasks`)."""
+
+    name: str
+
+    def forward_backward(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], scale: Callable[[torch.Tensor], torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Computes the named losses (``loss`` = total) and back-propagates ``scale(loss)``."""
+        ...
+
+
+@dataclass
+class Loaders:
+    """The data side of `fit`.
+
+    Attributes:
+        train: ``train(epoch, start)`` yields this rank's micro-batches of that epoch, beginning at
+            micro-batch ``start`` (for resuming mid-epoch).
+        micro_batches_per_epoch: how many micro-batches ``train`` yields per epoch on each rank.
+        validate: ``validate(model) -> metrics`` on the validation split (every rank calls it;
+            it returns the gathered metrics), or None.
+        samples_per_micro_batch: per-device batch size, for samples/s.
+    """
+
+    train: Callable[[int, int], Iterable[dict[str, torch.Tensor]]]
+    micro_batches_per_epoch: int
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
+    samples_per_micro_batch: int = 1
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns."""
+
+    steps: int
+    best_metric: float | None
+    best_step: int | None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's CUDA device when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise M3AEError("train.device is cuda but no CUDA device is available")
+        return torch.device("cuda", D.dist_info().local_rank)
+    return torch.device(name)
+
+
+def grad_accum_steps(batch_size: int, per_device_batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimisation step so that the global batch equals ``batch_size``."""
+    per_step = per_device_batch_size * world_size
+    if batch_size % per_step:
+        raise M3AEError(
+            f"train.batch_size ({batch_size}) must be a multiple of per_device_batch_size "
+            f"({per_device_batch_size}) x processes ({world_size})"
+        )
+    return batch_size // per_step
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for bf16/fp16; fp16 needs CUDA (and a GradScaler, made by `fit`)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise M3AEError("train.precision fp16 needs a CUDA device; use bf16 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """A seed per (run seed, step, global micro-batch index) for dropout and any in-model randomness.
+
+    Reseeding per micro-batch makes a resumed run draw exactly the random numbers the uninterrupted
+    run drew, whatever happened before the checkpoint.
+    """
+    digest = hashlib.sha256(f"{seed}:{step}:{micro}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Moves the tensors of a batch to ``device``."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@dataclass
+class _State:
+    """Resumable loop position (goes into the checkpoint's state.json)."""
+
+    step: int = 0
+    epoch: int = 0
+    micro_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+
+
+def train_step(
+    task: Task,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[dict[str, torch.Tensor]],
+    *,
+    step: int,
+    seed: int,
+    precision: str,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None,
+    clip_grad_norm: float | None,
+) -> dict[str, float]:
+    """One optimisation step over ``len(micro_batches)`` accumulated micro-batches.
+
+    Returns:
+        The micro-batch mean of every named loss (this rank), ``grad_norm`` when clipping, and
+        ``nonfinite`` = 1.0 when any loss was NaN/inf (then the step was *not* applied).
+    """
+    info = D.dist_info()
+    accum = len(micro_batches)
+    sums: dict[str, float] = {}
+    bad = False
+
+    def scale(loss: torch.Tensor) -> torch.Tensor:
+        loss = loss / accum
+        return scaler.scale(loss) if scaler is not None else loss
+
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(micro_batches):
+        torch.manual_seed(micro_seed(seed, step, i * info.world_size + info.rank))
+        with autocast_context(precision, device):
+            losses = task.forward_backward(model, to_device(batch, device), scale)
+        for name, value in losses.items():
+            v = float(value.detach().float())
+            bad = bad or not math.isfinite(v)
+            sums[name] = sums.get(name, 0.0) + v / accum
+    if D.any_rank(bad):
+        optimizer.zero_grad(set_to_none=True)
+        return {**sums, "nonfinite": 1.0}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    D.average_gradients(params)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad_norm is not None:
+        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return sums
+
+
+def _windows(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Groups micro-batches into accumulation windows; an incomplete tail is dropped."""
+    window: list[dict] = []
+    for b in batches:
+        window.append(b)
+        if len(window) == size:
+            yield window
+            window = []
+
+
+def _better(value: float, best: float | None) -> bool:
+    return best is None or value > best
+
+
+def fit(
+    task: Task,
+    model: nn.Module,
+    loaders: Loaders,
+    optim: OptimArgs,
+    train: TrainArgs,
+    eval: EvalArgs,  # noqa: A002 - the section name of the recipe
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    monitor: str = "-loss",
+    save_best: Callable[[nn.Module, Path], None] | None = None,
+    extra_state: dict[str, Any] | None = None,
+) -> FitResult:
+    """Trains ``model`` on ``task`` until ``train.max_steps`` (or ``max_epochs``) steps.
+
+    Args:
+        task: maps (model, batch) to named losses and back-propagates them.
+        model: the model, unwrapped (moved to the device here).
+        loaders: training micro-batches and the validation function.
+        optim: optimiser and schedule settings.
+        train: loop settings (batch, length, precision, checkpoints).
+        eval: validation settings (``every_steps``; None = once per epoch).
+        run_dir: the run folder (``log.jsonl``, ``checkpoints/``, ``best/``); None = keep nothing.
+        resume: continue from ``run_dir/checkpoints/latest.json`` when it exists.
+        monitor: validation metric that picks the best model (higher is better; ``-x`` negates x).
+        save_best: writes the best model to a folder (rank 0 only); defaults to
+            ``model.save_pretrained``.
+        extra_state: JSON-serialisable items stored in every checkpoint (e.g. the resolved config).
+
+    Returns:
+        Steps done and the best validation metric.
+
+    Raises:
+        M3AEError: a NaN/inf loss (the last good checkpoint is left intact), bad batch settings.
+    """
+    info = D.dist_info()
+    device = resolve_device(train.device)
+    model.to(device)
+    accum = grad_accum_steps(train.batch_size, train.per_device_batch_size, info.world_size)
+    steps_per_epoch = loaders.micro_batches_per_epoch // accum
+    if steps_per_epoch == 0 and train.max_steps != 0:
+        raise M3AEError(
+            f"an epoch has {loaders.micro_batches_per_epoch} micro-batches per process, fewer than the "
+            f"{accum} needed for one step of batch_size {train.batch_size}; lower train.batch_size"
+        )
+    total = train.max_steps if train.max_steps is not None else steps_per_epoch * train.max_epochs
+    warmup = warmup_steps_for(optim, total)
+    optimizer = build_optimizer(model, optim)
+    scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=train.tensorboard)
+    state = _State()
+    torch.manual_seed(train.seed)
+
+    if not resume and ckpt_dir is not None and (ckpt_dir / "latest.json").exists():
+        raise M3AEError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                        "or choose another --out")
+    if not resume:
+        logger.truncate_after(0)  # a fresh run starts a fresh log
+    if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
+        meta = load_checkpoint(path, model, optimizer)
+        state = _State(**meta["loop"])
+        if scaler is not None and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        logger.truncate_after(state.step)
+        if info.is_main:
+            print(f"resumed from {path} (step {state.step})", flush=True)
+    D.broadcast_parameters(model)
+
+    def checkpoint() -> Path | None:
+        path = None
+        if ckpt_dir is not None and info.is_main:
+            extras = {
+                "loop": vars(state), "scheduler": {"step": state.step, "warmup": warmup, "total": total},
+                "scaler": scaler.state_dict() if scaler is not None else None, **(extra_state or {}),
+            }
+            path = save_checkpoint(ckpt_dir, state.step, model, optimizer, extras, keep=train.keep_checkpoints)
+        D.barrier()
+        return path
+
+    validated_at = -1
+
+    def validate() -> dict[str, float]:
+        nonlocal validated_at
+        if loaders.validate is None:
+            return {}
+        validated_at = state.step
+        metrics = loaders.validate(model)
+        model.train()
+        logger.log({"step": state.step, "epoch": state.epoch, **metrics}, prefix="val")
+        key = monitor.lstrip("-")
+        if key not in metrics:
+            raise M3AEError(f"eval.monitor {monitor!r} is not among the validation metrics {sorted(metrics)}")
+        value = -metrics[key] if monitor.startswith("-") else metrics[key]
+        if _better(value, state.best_metric):
+            state.best_metric, state.best_step = value, state.step
+            if run_dir is not None and info.is_main:
+                (save_best or _save_pretrained)(model, run_dir / "best")
+            D.barrier()
+        return metrics
+
+    progress = _progress(total, state.step, enabled=info.is_main and train.progress)
+    samples_per_step = train.batch_size
+    last_metrics: dict[str, float] = {}
+    model.train()
+    t_last, steps_since = time.perf_counter(), 0
+    try:
+        while state.step < total:
+            batches = loaders.train(state.epoch, state.micro_in_epoch)
+            windows_done = 0
+            for window in _windows(batches, accum):
+                windows_done += 1
+                factor = lr_factor(state.step, warmup, total)
+                set_lr(optimizer, factor)
+                lr = optim.lr * factor  # the base group's lr (multiplied groups scale with it)
+                stats = train_step(
+                    task, model, optimizer, window, step=state.step, seed=train.seed,
+                    precision=train.precision, device=device, scaler=scaler,
+                    clip_grad_norm=optim.clip_grad_norm,
+                )
+                if stats.pop("nonfinite", 0.0):
+                    last = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+                    raise M3AEError(
+                        f"non-finite loss at step {state.step + 1} ({_fmt(stats)}); stopping. "
+                        f"Last good checkpoint: {last or 'none'} (resume with --resume after lowering "
+                        "optim.lr or using precision fp32)"
+                    )
+                state.step += 1
+                state.micro_in_epoch += accum
+                steps_since += 1
+                now = time.perf_counter()
+                sps = samples_per_step * steps_since / max(now - t_last, 1e-9)
+                if state.step % train.log_every == 0 or state.step == total:
+                    rec = D.all_reduce_mean(stats)
+                    logger.log({"step": state.step, "epoch": state.epoch, "lr": lr, **rec,
+                                "samples_per_s": round(sps, 3)})
+                    t_last, steps_since = now, 0
+                progress.update(1)
+                progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.1f}")
+                if eval.every_steps and state.step % eval.every_steps == 0:
+                    last_metrics = validate()
+                if state.step % train.checkpoint_every == 0 and state.step < total:
+                    checkpoint()
+                if state.step >= total:
+                    break
+            else:  # the epoch ran out
+                if windows_done == 0 and state.micro_in_epoch == 0:
+                    raise M3AEError("the training loader yielded no complete batch in an epoch")
+                state.epoch += 1
+                state.micro_in_epoch = 0
+                if not eval.every_steps:
+                    last_metrics = validate()
+                continue
+            break
+        if loaders.validate is not None and validated_at != state.step:
+            last_metrics = validate()
+        if loaders.validate is None and run_dir is not None and info.is_main:
+            (save_best or _save_pretrained)(model, run_dir / "best")
+        checkpoint()
+    finally:
+        progress.close()
+        logger.close()
+    return FitResult(state.step, state.best_metric, state.best_step, last_metrics)
+
+
+def _fmt(stats: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in stats.items())
+
+
+def _save_pretrained(model: nn.Module, path: Path) -> None:
+    save = getattr(model, "save_pretrained", None)
+    if save is None:
+        raise M3AEError(f"{type(model).__name__} has no save_pretrained; pass save_best to fit")
+    save(path)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:  # noqa: D102
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:  # noqa: D102
+        pass
+
+    def close(self) -> None:  # noqa: D102
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)

@@ -1,0 +1,358 @@
+"""The Python face of training: `pretrain`, `finetune` and `evaluate` (the CLIs and the demo call these).
+
+A run folder holds ``config.yaml`` (the resolved recipe), ``log.jsonl``, ``checkpoints/``,
+``best/`` (the selected model in our format, with tokenizer and answers/labels) and
+``metrics.json`` (the test split's metrics of the best model).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from m3ae.errors import M3AEError
+from m3ae.metrics import mean_sd
+from m3ae.train import distributed as D
+from m3ae.train import evaluation as E
+from m3ae.train.checkpoint import atomic_write_text
+from m3ae.train.config import RunConfig, apply_overrides, config_from_dict, load_config, save_config
+from m3ae.train.loop import Loaders, fit, resolve_device
+from m3ae.train.tasks import BaseTask, make_task
+
+HEADS = {"pretrain": ["mlm", "mim", "itm"], "vqa": ["vqa"], "cls": ["cls"], "irtr": ["irtr"]}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+def resolve_config(config: RunConfig | str | Path | dict | None, overrides: list | None = None) -> RunConfig:
+    """A RunConfig from a recipe path, a dict or a RunConfig, with dotted overrides applied."""
+    if isinstance(config, RunConfig):
+        return apply_overrides(config, overrides or []) if overrides else config
+    if isinstance(config, dict):
+        cfg = config_from_dict(config)
+        return apply_overrides(cfg, overrides or []) if overrides else cfg
+    return load_config(config, overrides or [])
+
+
+def _say(msg: str) -> None:
+    if D.dist_info().is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# -- model and tokenizer --------------------------------------------------------------------------
+
+def _has_tokenizer(path: str | Path | None) -> bool:
+    return path is not None and Path(path).is_dir() and any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def tokenizer_path(cfg: RunConfig) -> str | None:
+    """Explicit ``model.tokenizer``, else the pretrained folder's or the text tower's, else packaged."""
+    for candidate in (cfg.model.tokenizer, cfg.model.pretrained, cfg.model.text_weights):
+        if candidate is not None and (candidate == cfg.model.tokenizer or _has_tokenizer(candidate)):
+            return str(candidate)
+    return None
+
+
+def _model_config(cfg: RunConfig) -> Any:
+    """The preset with ``model.config`` overrides (dotted keys into the nested dict)."""
+    from m3ae.models import ModelConfig
+
+    base = ModelConfig.from_name(cfg.model.name)
+    if not cfg.model.config:
+        return base
+    d = base.to_dict()
+    for key, value in cfg.model.config.items():
+        node = d
+        *parents, leaf = str(key).split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise M3AEError(f"model.config: unknown key {key!r}")
+            node = node[p]
+        if leaf not in node:
+            raise M3AEError(f"model.config: unknown key {key!r}; valid at that level: {sorted(node)}")
+        node[leaf] = value
+    return ModelConfig.from_dict(d)
+
+
+def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
+    """Builds the model for the recipe's task and loads its initial weights."""
+    from m3ae.models import create_model
+
+    task = cfg.task.name
+    model = create_model(
+        _model_config(cfg), pretrained=cfg.model.pretrained, vision_weights=cfg.model.vision_weights,
+        text_weights=cfg.model.text_weights, heads=HEADS[task],
+        num_answers=summary.get("num_answers") if task == "vqa" else None,
+        num_classes=summary.get("num_classes") if task == "cls" else None,
+        image_size=cfg.data.image_size,
+    )
+    if model.config.vision.patch_size != cfg.data.patch_size:
+        raise M3AEError(f"data.patch_size ({cfg.data.patch_size}) differs from the model's patch size "
+                        f"({model.config.vision.patch_size})")
+    if cfg.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+def _summary(data_dir: str | Path, task: str) -> dict[str, Any]:
+    from m3ae.data import read_summary
+
+    summary = read_summary(data_dir)
+    data_task = summary.get("task")
+    if data_task != task and not (task == "irtr" and data_task == "pretrain"):
+        raise M3AEError(f"{data_dir}: prepared for task {data_task!r}, but the recipe trains {task!r}")
+    return summary
+
+
+def _split_size(summary: dict[str, Any], split: str | None) -> int:
+    if split is None:
+        return 0
+    return int(summary.get("splits", {}).get(split, {}).get("examples", 0))
+
+
+def val_is_test(summary: dict[str, Any]) -> bool:
+    """True when the folder's val split is a copy of its test split (VQA-RAD, paper protocol)."""
+    if "val_is_test" in summary:
+        return bool(summary["val_is_test"])
+    if summary.get("val_source") == "test" or summary.get("splits", {}).get("val", {}).get("source") == "test":
+        return True
+    return summary.get("dataset") == "vqa-rad" and summary.get("protocol") == "paper"
+
+
+def make_train_loaders(cfg: RunConfig, data_dir: str | Path, tokenizer: Any, validate: Any) -> Loaders:
+    """The training micro-batches of this rank, epoch by epoch, resumable mid-epoch."""
+    from m3ae.data import make_dataset, make_loader
+
+    info = D.dist_info()
+    dataset = make_dataset(data_dir, "train", cfg.task.name, cfg.data, tokenizer, train=True, seed=cfg.train.seed)
+    per_device = cfg.train.per_device_batch_size
+
+    def epoch_batches(epoch: int, start: int):
+        loader = make_loader(dataset, per_device, shuffle=True, seed=cfg.train.seed, rank=info.rank,
+                             world_size=info.world_size, num_workers=cfg.data.num_workers,
+                             start_index=start * per_device, drop_last=True)
+        # one seeded permutation per epoch; per-example draws are re-seeded by (seed, epoch, index)
+        loader.sampler.set_epoch(epoch, start * per_device)
+        return iter(loader)
+
+    n = math.ceil(len(dataset) / info.world_size) // per_device
+    return Loaders(train=epoch_batches, micro_batches_per_epoch=n, validate=validate,
+                   samples_per_micro_batch=per_device)
+
+
+def _eval_dataset(cfg: RunConfig, data_dir: str | Path, split: str, tokenizer: Any) -> Any:
+    from m3ae.data import make_dataset, make_retrieval_pool
+
+    if cfg.task.name == "irtr":
+        return make_retrieval_pool(data_dir, split, cfg.data, tokenizer)
+    return make_dataset(data_dir, split, cfg.task.name, cfg.data, tokenizer, train=False, seed=cfg.train.seed)
+
+
+def evaluate_split(task: str, model: nn.Module, data: Any, cfg_eval: Any, precision: str,
+                   task_obj: BaseTask | None = None, progress: bool = False) -> dict[str, float]:
+    """Metrics of ``model`` on one prepared split (a dataset, or a retrieval pool)."""
+    bs = cfg_eval.batch_size
+    if task == "vqa":
+        return E.evaluate_vqa(model, data, bs, precision, progress)[0]
+    if task == "cls":
+        return E.evaluate_cls(model, data, bs, precision, progress)[0]
+    if task == "irtr":
+        return E.evaluate_retrieval(model, data, bs, cfg_eval.retrieval_text_batch, precision, progress)[0]
+    return E.evaluate_pretrain(model, data, bs, precision, progress, task_obj)
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+def _extra_metadata(cfg: RunConfig, data_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
+    from m3ae.data import read_answers, read_labels
+
+    extra: dict[str, Any] = {"task": cfg.task.name, "data": cfg.data.to_dict(),
+                             "dataset": summary.get("dataset"), "protocol": summary.get("protocol")}
+    if cfg.task.name == "vqa":
+        extra["answers"] = read_answers(data_dir)
+    if cfg.task.name == "cls":
+        extra["labels"] = read_labels(data_dir)
+    return extra
+
+
+def train_run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """One training run of any task: fit with model selection, then the test split. Returns metrics."""
+    from m3ae.data import load_tokenizer
+
+    info = D.init_distributed(cfg.train.device)
+    out_dir = Path(out_dir)
+    task_name = cfg.task.name
+    summary = _summary(data_dir, task_name)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(tokenizer_path(cfg))
+    model = build_model(cfg, summary)
+    model.to(resolve_device(cfg.train.device))
+    task = make_task(task_name, **(
+        dict(mlm_weight=cfg.task.mlm_weight, mim_weight=cfg.task.mim_weight, itm_weight=cfg.task.itm_weight,
+             mask_ratio=cfg.task.mask_ratio, norm_pix_loss=cfg.task.norm_pix_loss)
+        if task_name == "pretrain" else {}))
+
+    val_split = cfg.eval.val_split if _split_size(summary, cfg.eval.val_split) else None
+    if cfg.eval.val_split and val_split is None:
+        _say(f"warning: {data_dir} has no '{cfg.eval.val_split}' examples; the last model is kept")
+    if val_split is not None and val_is_test(summary):
+        _say(f"warning: model selection uses split '{val_split}', which is a copy of the test split "
+             f"under the '{summary.get('protocol')}' protocol of {summary.get('dataset')} "
+             "(as the original); test metrics are therefore optimistic")
+    validate = None
+    if val_split is not None:
+        val_data = _eval_dataset(cfg, data_dir, val_split, tokenizer)
+
+        def validate(m: nn.Module) -> dict[str, float]:
+            return evaluate_split(task_name, m, val_data, cfg.eval, cfg.train.precision, task)
+
+    loaders = make_train_loaders(cfg, data_dir, tokenizer, validate)
+    extra = _extra_metadata(cfg, data_dir, summary)
+
+    def save_best(m: nn.Module, path: Path) -> None:
+        m.save_pretrained(path, tokenizer=tokenizer, extra=extra)
+
+    monitor = E.DEFAULT_MONITOR[task_name] if cfg.eval.monitor == "auto" else cfg.eval.monitor
+    result = fit(task, model, loaders, cfg.optim, cfg.train, cfg.eval, run_dir=out_dir, resume=resume,
+                 monitor=monitor, save_best=save_best, extra_state={"config": cfg.to_dict()})
+    report: dict[str, Any] = {
+        "task": task_name, "dataset": summary.get("dataset"), "protocol": summary.get("protocol"),
+        "selected_on": val_split, "monitor": monitor, "best_step": result.best_step, "steps": result.steps,
+        "val_is_test": bool(val_split and val_is_test(summary)),
+    }
+    test_split = cfg.eval.test_split if _split_size(summary, cfg.eval.test_split) else None
+    if test_split is not None:
+        from m3ae.models import M3AE
+
+        best = M3AE.from_pretrained(out_dir / "best").to(resolve_device(cfg.train.device))
+        metrics = evaluate_split(task_name, best, _eval_dataset(cfg, data_dir, test_split, tokenizer),
+                                 cfg.eval, cfg.train.precision, task, progress=cfg.train.progress)
+        report.update(split=test_split, **metrics)
+    else:
+        report.update(split=val_split, **result.last_metrics)
+    if info.is_main:
+        atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+        _say(format_table(report, title=f"{task_name} metrics ({report.get('split')} split)"))
+    D.barrier()
+    return report
+
+
+def _with_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    return replace(cfg, train=replace(cfg.train, seed=seed))
+
+
+def run_seeds(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, seeds: list[int] | None,
+              resume: bool = False) -> dict[str, Any]:
+    """One run, or one per seed under ``out_dir/seed_<s>`` with mean ± sd in ``out_dir/metrics.json``."""
+    if not seeds:
+        return train_run(cfg, data_dir, out_dir, resume)
+    runs = [train_run(_with_seed(cfg, s), data_dir, Path(out_dir) / f"seed_{s}", resume) for s in seeds]
+    numeric = [k for k, v in runs[0].items() if isinstance(v, float)]
+    agg: dict[str, Any] = {"seeds": list(seeds), "runs": runs, "mean": {}, "sd": {}}
+    for k in numeric:
+        agg["mean"][k], agg["sd"][k] = mean_sd([r[k] for r in runs])
+    if D.dist_info().is_main:
+        atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(agg, indent=2) + "\n")
+        lines = [f"{k:>10}: {agg['mean'][k]:.2f} ± {agg['sd'][k]:.2f}" for k in numeric]
+        _say(f"mean ± sd over seeds {list(seeds)}:\n" + "\n".join(lines))
+    return agg
+
+
+def finetune(config: RunConfig | str | Path | dict, data_dir: str | Path, out_dir: str | Path, *,
+             overrides: list | None = None, resume: bool = False, seeds: list[int] | None = None) -> dict:
+    """Fine-tunes on a prepared VQA, classification or retrieval folder.
+
+    Args:
+        config: a recipe (YAML path, dict or RunConfig), e.g. ``configs/finetune/vqa_rad.yaml``.
+        data_dir: a folder written by ``m3ae prepare``.
+        out_dir: the run folder.
+        overrides: dotted overrides, e.g. ``["--optim.lr", "5e-6"]``.
+        resume: continue from ``out_dir/checkpoints`` when it exists.
+        seeds: run once per seed (``out_dir/seed_<s>``) and report mean ± sd.
+
+    Returns:
+        The test split's metrics (``open``/``closed``/``overall`` for VQA, in percent) and where
+        they come from (``split``, ``selected_on``, ``best_step``), or the per-seed aggregate.
+    """
+    cfg = resolve_config(config, overrides)
+    if cfg.task.name == "pretrain":
+        raise M3AEError("this recipe pre-trains (task.name: pretrain); use m3ae pretrain")
+    return run_seeds(cfg, data_dir, out_dir, seeds, resume)
+
+
+def pretrain(config: RunConfig | str | Path | dict, data_dir: str | Path, out_dir: str | Path, *,
+             overrides: list | None = None, resume: bool = False) -> dict:
+    """Pre-trains with MLM + MIM + ITM on a prepared caption folder (see `finetune` for arguments)."""
+    cfg = resolve_config(config, overrides)
+    if cfg.task.name != "pretrain":
+        raise M3AEError(f"this recipe fine-tunes (task.name: {cfg.task.name}); use m3ae finetune")
+    return train_run(cfg, data_dir, out_dir, resume)
+
+
+def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *, batch_size: int = 32,
+             precision: str = "fp32", device: str = "auto", out_dir: str | Path | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluates a saved model folder on a split of a prepared folder; prints a summary table.
+
+    The task follows the model's heads (vqa, cls, irtr); the data pipeline settings are the ones
+    stored with the model at fine-tuning time (``config.json`` "data"), else the defaults at the
+    model's image size.
+    """
+    from m3ae.data import DataConfig, load_tokenizer, read_summary
+    from m3ae.models import M3AE
+    from m3ae.weights.io import read_metadata
+
+    D.init_distributed(device)
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise M3AEError(f"{model_dir}: not a model folder (no config.json); pass a run's best/ folder")
+    meta = read_metadata(model_dir)
+    model = M3AE.from_pretrained(model_dir).to(resolve_device(device))
+    task = meta.get("task") or next((t for t in ("vqa", "cls", "irtr") if t in model.config.heads), None)
+    if task not in ("vqa", "cls", "irtr"):
+        raise M3AEError(f"{model_dir}: the model has no vqa, cls or irtr head to evaluate")
+    data_cfg = DataConfig.from_dict(meta["data"]) if "data" in meta else DataConfig(
+        image_size=model.config.vision.image_size, patch_size=model.config.vision.patch_size)
+    summary = read_summary(data_dir)
+    if summary.get("task") != task and not (task == "irtr" and summary.get("task") == "pretrain"):
+        raise M3AEError(f"{data_dir}: prepared for task {summary.get('task')!r}, the model is a {task} model")
+    if task == "vqa" and "answers" in meta:
+        from m3ae.data import read_answers
+
+        if read_answers(data_dir) != meta["answers"]:
+            raise M3AEError(f"{data_dir}: its answer list differs from the one {model_dir} was trained with")
+    if not _split_size(summary, split):
+        raise M3AEError(f"{data_dir}: split {split!r} has no examples")
+    tokenizer = load_tokenizer(str(model_dir) if _has_tokenizer(model_dir) else None)
+    cfg = RunConfig(data=data_cfg, task=replace(RunConfig().task, name=task))
+    cfg.eval.batch_size = batch_size
+    data = _eval_dataset(cfg, data_dir, split, tokenizer)
+    metrics = evaluate_split(task, model, data, cfg.eval, precision, progress=progress)
+    report = {"task": task, "dataset": summary.get("dataset"), "split": split, "model": str(model_dir), **metrics}
+    if D.dist_info().is_main:
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(report, indent=2) + "\n")
+        print(format_table(report, title=f"{task} on {summary.get('dataset')} ({split} split)"), flush=True)
+    return report
+
+
+def format_table(report: dict[str, Any], title: str = "metrics") -> str:
+    """A two-column text table of the numeric entries of a report."""
+    rows = [(k, v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    width = max([len(k) for k, _ in rows] + [6])
+    lines = [title, "-" * (width + 14)]
+    lines += [f"{k:<{width}}  {v:>10.2f}" if isinstance(v, float) else f"{k:<{width}}  {v:>10d}" for k, v in rows]
+    return "\n".join(lines)

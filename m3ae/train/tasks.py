@@ -1,0 +1,241 @@
+"""Tasks pair a batch with the model and the losses; the training loop knows none of them.
+
+Each task has ``losses(model, batch) -> {name: scalar}`` (``loss`` = the total that is optimised)
+and ``forward_backward(model, batch, scale)``, which computes the same losses and
+back-propagates ``scale(loss)``. Only `PretrainTask` overrides the latter, to back-propagate each
+of its three passes as soon as its loss exists.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from m3ae.errors import M3AEError
+from m3ae.models import losses as L
+
+Batch = dict[str, torch.Tensor]
+Scale = Callable[[torch.Tensor], torch.Tensor]
+
+
+def fuse(model: nn.Module, text: torch.Tensor, attention_mask: torch.Tensor, image: Any) -> Any:
+    """`M3AE.encode` after the two towers: co-attention fusion and poolers on given embeddings.
+
+    Lets a task run a tower once and reuse its output in several passes (tested against
+    `encode`, so it cannot drift from the model's forward).
+
+    Args:
+        model: the M3AE model.
+        text: [B, L_t, D] output of `model.embed_text`.
+        attention_mask: [B, L_t].
+        image: `ImageEmbeds` or [B, 1+L_i', D] output of `model.embed_image`.
+
+    Returns:
+        The `EncoderOutput` that `encode` would return for the same inputs.
+    """
+    from m3ae.models.m3ae import EncoderOutput, ImageEmbeds
+
+    if isinstance(image, torch.Tensor):
+        image = ImageEmbeds(image)
+    text_feats, image_feats, image_hidden = model.fusion(text, attention_mask, image.embeds)
+    cls_feats = torch.cat([model.poolers["text"](text_feats), model.poolers["image"](image_feats)], dim=-1)
+    return EncoderOutput(text_feats, image_feats, cls_feats, image_hidden, image.mask, image.ids_restore)
+
+
+class BaseTask:
+    """Shared behaviour: batch-key validation and the default forward/backward."""
+
+    name = "base"
+    batch_keys: tuple[str, ...] = ()
+
+    def check_batch(self, batch: Batch) -> None:
+        """Raises a clear error when the collator did not produce a key this task needs."""
+        missing = [k for k in self.batch_keys if k not in batch]
+        if missing:
+            raise M3AEError(f"{self.name} task: batch lacks {missing} (has {sorted(batch)})")
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Named scalar losses; ``loss`` is the one optimised."""
+        raise NotImplementedError
+
+    def forward_backward(self, model: nn.Module, batch: Batch, scale: Scale) -> dict[str, torch.Tensor]:
+        """Computes `losses` and back-propagates ``scale(loss)``; returns detached losses."""
+        out = self.losses(model, batch)
+        scale(out["loss"]).backward()
+        return {k: v.detach() for k, v in out.items()}
+
+
+class PretrainTask(BaseTask):
+    """M3AE pre-training: three passes per batch, as the original (MLM, MIM, ITM).
+
+    1. MLM: masked text with the full image.
+    2. MIM: full text with 75% of the image patches removed (driven by ``image_noise``).
+    3. ITM: full text with the true image (``itm_labels`` 1) or another image (0).
+
+    The vision tower runs once for the full images that the MLM and ITM passes share (the ITM rows
+    with label 0 get their own vision pass), and the text tower once for the full text that the
+    MIM and ITM passes share. `forward_backward` back-propagates each pass as soon as its loss
+    exists, so peak activation memory is one pass's (plus the two shared tower graphs). The shared
+    embeddings are detached for the passes and their accumulated gradients are sent through the
+    towers once at the end, which gives exactly the gradients of the summed loss.
+
+    Args:
+        mlm_weight, mim_weight, itm_weight: loss weights (1, 1, 1 in the paper).
+        mask_ratio: share of image patches removed for MIM.
+        norm_pix_loss: per-patch normalised MIM targets.
+    """
+
+    name = "pretrain"
+    batch_keys = ("pixel_values", "input_ids", "attention_mask", "mlm_input_ids", "mlm_labels",
+                  "image_noise", "itm_labels", "itm_pixel_values")
+
+    def __init__(self, mlm_weight: float = 1.0, mim_weight: float = 1.0, itm_weight: float = 1.0,
+                 mask_ratio: float = 0.75, norm_pix_loss: bool = True) -> None:
+        self.weights = {"mlm": mlm_weight, "mim": mim_weight, "itm": itm_weight}
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+
+    # -- the three passes: (model, batch, shared embeddings) -> loss --------------------------
+    def mlm_pass(self, model: nn.Module, batch: Batch, image: torch.Tensor) -> torch.Tensor:
+        """Masked text + full image -> MLM cross-entropy on the masked positions."""
+        text = model.embed_text(batch["mlm_input_ids"], batch["attention_mask"])  # [B, L_t, D]
+        out = fuse(model, text, batch["attention_mask"], image)
+        logits = model.heads["mlm"](out.text_feats)  # [B, L_t, V]
+        return L.mlm_loss(logits, batch["mlm_labels"])
+
+    def mim_pass(self, model: nn.Module, batch: Batch, text: torch.Tensor) -> torch.Tensor:
+        """Full text + masked image -> pixel reconstruction loss on the removed patches."""
+        masked = model.embed_image(batch["pixel_values"], batch["image_noise"], self.mask_ratio)
+        out = fuse(model, text, batch["attention_mask"], masked)
+        pred = model.heads["mim"](model.mim_features(out), out.ids_restore)  # [B, L_i, P*P*C]
+        return L.mim_loss(pred, batch["pixel_values"], out.image_mask, model.config.vision.patch_size,
+                          self.norm_pix_loss)
+
+    def itm_pass(self, model: nn.Module, batch: Batch, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Full text + true (label 1) or other (label 0) image -> matching cross-entropy."""
+        labels = batch["itm_labels"]
+        neg = (labels == 0).nonzero(as_tuple=True)[0]
+        if neg.numel():
+            # only the swapped rows need a vision pass of their own; label-1 rows reuse `image`
+            neg_embeds = model.embed_image(batch["itm_pixel_values"][neg]).embeds  # [B_neg, 1+L_i, D]
+            image = image.index_copy(0, neg, neg_embeds.to(image.dtype))
+        out = fuse(model, text, batch["attention_mask"], image)
+        return L.itm_loss(model.heads["itm"](out.cls_feats), labels)
+
+    def _total(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[k] * parts[f"{k}_loss"] for k in self.weights)
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """All three losses from one graph, each pass through `model.encode` (the reference path)."""
+        self.check_batch(batch)
+        ids, mask, pix = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
+        out = model.encode(pix, batch["mlm_input_ids"], mask)
+        mlm = L.mlm_loss(model.heads["mlm"](out.text_feats), batch["mlm_labels"])
+        out = model.encode(pix, ids, mask, image_noise=batch["image_noise"], mask_ratio=self.mask_ratio)
+        pred = model.heads["mim"](model.mim_features(out), out.ids_restore)
+        mim = L.mim_loss(pred, pix, out.image_mask, model.config.vision.patch_size, self.norm_pix_loss)
+        itm_pix = torch.where(batch["itm_labels"].bool()[:, None, None, None], pix, batch["itm_pixel_values"])
+        out = model.encode(itm_pix, ids, mask)
+        itm = L.itm_loss(model.heads["itm"](out.cls_feats), batch["itm_labels"])
+        parts = {"mlm_loss": mlm, "mim_loss": mim, "itm_loss": itm}
+        return {"loss": self._total(parts), **parts}
+
+    def forward_backward(self, model: nn.Module, batch: Batch, scale: Scale) -> dict[str, torch.Tensor]:
+        """Per-pass backward; gradients equal those of ``scale(losses(...)["loss"]).backward()``."""
+        self.check_batch(batch)
+        # The full image (MLM, ITM) and the full text (MIM, ITM) each go through their tower once.
+        # The passes start from detached copies and collect gradients in their .grad; one backward
+        # per tower at the end sends them on, so each pass's graph is freed as soon as it is done.
+        image_full = model.embed_image(batch["pixel_values"]).embeds  # [B, 1+L_i, D]
+        text_full = model.embed_text(batch["input_ids"], batch["attention_mask"])  # [B, L_t, D]
+        image = image_full.detach().requires_grad_(True)
+        text = text_full.detach().requires_grad_(True)
+        parts: dict[str, torch.Tensor] = {}
+        passes = (
+            ("mlm", lambda: self.mlm_pass(model, batch, image)),
+            ("mim", lambda: self.mim_pass(model, batch, text)),
+            ("itm", lambda: self.itm_pass(model, batch, image, text)),
+        )
+        for key, run in passes:
+            loss = run()
+            if self.weights[key]:
+                scale(self.weights[key] * loss).backward()
+            parts[f"{key}_loss"] = loss.detach()
+        roots = [(t, s.grad) for t, s in ((image_full, image), (text_full, text)) if s.grad is not None]
+        if roots:
+            torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])
+        return {"loss": self._total(parts), **parts}
+
+
+class VQATask(BaseTask):
+    """Med-VQA as classification over the closed answer set (BCE x A, as the original)."""
+
+    name = "vqa"
+    batch_keys = ("pixel_values", "input_ids", "attention_mask", "vqa_targets")
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """[B, A] answer logits."""
+        out = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        return model.heads["vqa"](out.cls_feats)
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """``{"loss": vqa_loss}``."""
+        self.check_batch(batch)
+        return {"loss": L.vqa_loss(self.logits(model, batch), batch["vqa_targets"])}
+
+
+class ClassificationTask(BaseTask):
+    """Image-text classification (MELINDA): cross-entropy over K classes."""
+
+    name = "cls"
+    batch_keys = ("pixel_values", "input_ids", "attention_mask", "labels")
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """[B, K] class logits."""
+        out = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        return model.heads["cls"](out.cls_feats)
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """``{"loss": cls_loss}``."""
+        self.check_batch(batch)
+        return {"loss": L.cls_loss(self.logits(model, batch), batch["labels"])}
+
+
+class RetrievalTask(BaseTask):
+    """Image-text retrieval fine-tuning: listwise softmax over the true caption and N others.
+
+    Each image is paired with 1+N captions (index 0 true); all pairs go through the cross-encoder
+    and ``heads["irtr"]`` scores them. The vision tower runs once per image and its embedding is
+    repeated for the captions.
+    """
+
+    name = "irtr"
+    batch_keys = ("pixel_values", "input_ids", "attention_mask")
+
+    def scores(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """[B, 1+N] matching scores."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if ids.ndim != 3:
+            raise M3AEError(f"irtr task: input_ids must be [B, 1+N, L_t], got {tuple(ids.shape)}")
+        b, n, lt = ids.shape
+        image = model.embed_image(batch["pixel_values"]).embeds  # [B, 1+L_i, D]
+        image = image.repeat_interleave(n, dim=0)  # [B*(1+N), 1+L_i, D], rows follow ids.reshape
+        out = model.encode(None, ids.reshape(b * n, lt), mask.reshape(b * n, lt), image_embeds=image)
+        return model.heads["irtr"](out.cls_feats).reshape(b, n)  # [B*(1+N), 1] -> [B, 1+N]
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """``{"loss": retrieval_loss}``."""
+        self.check_batch(batch)
+        return {"loss": L.retrieval_loss(self.scores(model, batch))}
+
+
+def make_task(name: str, **kwargs: float) -> BaseTask:
+    """The task object for ``task.name`` (pretrain, vqa, cls, irtr)."""
+    if name == "pretrain":
+        return PretrainTask(**kwargs)
+    tasks = {"vqa": VQATask, "cls": ClassificationTask, "irtr": RetrievalTask}
+    if name not in tasks:
+        raise M3AEError(f"unknown task {name!r}; choose among pretrain, vqa, cls, irtr")
+    return tasks[name]()

@@ -1,0 +1,212 @@
+"""Tasks and optimiser groups on m3ae-tiny: per-pass backward, gradients, parameter-group rules."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from m3ae.errors import M3AEError
+from m3ae.models import M3AE, ModelConfig
+from m3ae.train.config import OptimArgs
+from m3ae.train.optim import build_optimizer, lr_factor, param_groups, warmup_steps_for
+from m3ae.train.tasks import ClassificationTask, PretrainTask, RetrievalTask, VQATask
+
+B, LT = 4, 8
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes more threads slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(heads=("mlm", "mim", "itm"), **kw) -> M3AE:
+    torch.manual_seed(0)
+    return M3AE(ModelConfig.from_name("m3ae-tiny").with_heads(list(heads), **kw))
+
+
+def pretrain_batch(model: M3AE, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    size, n = model.config.vision.image_size, model.config.vision.num_patches
+    ids = torch.randint(3, 1000, (B, LT), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = torch.ones(B, LT, dtype=torch.long)
+    mask[0, -2:] = 0
+    labels = torch.full((B, LT), -100)
+    labels[:, 2] = ids[:, 2]
+    mlm_ids = ids.clone()
+    mlm_ids[:, 2] = 50264
+    return {
+        "pixel_values": torch.randn(B, 3, size, size, generator=g),
+        "input_ids": ids, "attention_mask": mask, "mlm_input_ids": mlm_ids, "mlm_labels": labels,
+        "image_noise": torch.rand(B, n, generator=g),
+        "itm_labels": torch.tensor([1, 0, 1, 0]),
+        "itm_pixel_values": torch.randn(B, 3, size, size, generator=g),
+    }
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_per_pass_backward_equals_summed_loss():
+    model = tiny()
+    model.eval()  # no dropout: both ways must see identical forward passes
+    batch = pretrain_batch(model)
+    task = PretrainTask(mlm_weight=1.0, mim_weight=0.5, itm_weight=2.0)
+    reference = task.losses(model, batch)
+    (reference["loss"] / 3).backward()
+    want = grads(model)
+    model.zero_grad(set_to_none=True)
+    got_losses = task.forward_backward(model, batch, lambda loss: loss / 3)
+    got = grads(model)
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("loss", "mlm_loss", "mim_loss", "itm_loss"):
+        torch.testing.assert_close(got_losses[key], reference[key].detach())
+
+
+def test_pretrain_every_parameter_gets_a_gradient():
+    model = tiny()
+    PretrainTask().forward_backward(model, pretrain_batch(model), lambda loss: loss)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    # the RoBERTa pooler is unused upstream too; everything else must learn
+    assert [n for n in missing if "pooler" not in n] == []
+
+
+def test_pretrain_batch_missing_key_is_a_clear_error():
+    model = tiny()
+    batch = pretrain_batch(model)
+    del batch["image_noise"]
+    with pytest.raises(M3AEError, match="image_noise"):
+        PretrainTask().losses(model, batch)
+
+
+@pytest.mark.parametrize("task_name", ["vqa", "cls", "irtr"])
+def test_finetune_tasks_give_finite_loss_and_gradients(task_name):
+    g = torch.Generator().manual_seed(1)
+    heads = {"vqa": ["vqa"], "cls": ["cls"], "irtr": ["irtr"]}[task_name]
+    model = tiny(heads, num_answers=5, num_classes=3)
+    pix = torch.randn(B, 3, 32, 32, generator=g)
+    ids = torch.randint(3, 1000, (B, LT), generator=g)
+    mask = torch.ones(B, LT, dtype=torch.long)
+    if task_name == "vqa":
+        targets = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 4]), 5).float()
+        batch, task = {"pixel_values": pix, "input_ids": ids, "attention_mask": mask, "vqa_targets": targets}, VQATask()
+    elif task_name == "cls":
+        batch, task = {"pixel_values": pix, "input_ids": ids, "attention_mask": mask,
+                       "labels": torch.tensor([0, 1, 2, 0])}, ClassificationTask()
+    else:
+        batch = {"pixel_values": pix, "input_ids": ids[:, None].repeat(1, 3, 1),
+                 "attention_mask": mask[:, None].repeat(1, 3, 1)}
+        task = RetrievalTask()
+        assert task.scores(model, batch).shape == (B, 3)
+    out = task.forward_backward(model, batch, lambda loss: loss)
+    assert torch.isfinite(out["loss"])
+    assert model.heads[heads[0]].state_dict() and all(
+        p.grad is not None for p in model.heads[heads[0]].parameters())
+
+
+@pytest.mark.parametrize("grouping", ["rule", "paper"])
+def test_every_trainable_parameter_in_exactly_one_group(grouping):
+    model = tiny(("mlm", "mim", "itm", "vqa"), num_answers=3)
+    model.heads["itm"].weight.requires_grad_(False)  # frozen parameters go nowhere
+    groups = param_groups(model, 1e-5, 0.01, {"fusion": 5, "heads": 5}, grouping)
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(ids) == sorted(trainable)
+    assert len(ids) == len(set(ids))
+
+
+def test_rule_groups_multipliers_and_decay():
+    model = tiny(("mlm", "mim", "itm", "vqa"), num_answers=3)
+    groups = param_groups(model, 1e-5, 0.01, {"fusion": 5, "heads": 10}, "rule")
+    where = {n: g for g in groups for n in g["names"]}
+    assert where["fusion.text_layers.0.fc1.weight"]["lr"] == pytest.approx(5e-5)
+    assert where["text_proj.weight"]["lr"] == pytest.approx(5e-5)
+    assert where["poolers.image.dense.weight"]["lr"] == pytest.approx(5e-5)
+    assert where["heads.vqa.fc2.weight"]["lr"] == pytest.approx(1e-4)
+    assert where["vision_encoder.patch_embed.weight"]["lr"] == pytest.approx(1e-5)
+    assert where["modality_embed.weight"]["lr"] == pytest.approx(1e-5)  # base, as the original
+    assert where["fusion.text_layers.0.fc1.bias"]["weight_decay"] == 0.0
+    assert where["vision_encoder.pos_embed"]["weight_decay"] == 0.0  # model.no_weight_decay()
+    assert where["heads.vqa.norm.weight"]["weight_decay"] == 0.0
+    assert where["fusion.text_layers.0.fc1.weight"]["weight_decay"] == 0.01
+
+
+def test_paper_groups_reproduce_original_decay_quirks():
+    model = tiny(("mlm", "mim", "itm", "vqa"), num_answers=3)
+    where = {n: g for g in param_groups(model, 1e-5, 0.01, {"fusion": 5, "heads": 5}, "paper")
+             for n in g["names"]}
+    decayed = {n for n, g in where.items() if g["weight_decay"] > 0}
+    # decayed upstream: CLIP LayerNorms, head LayerNorm in a Sequential, pos/class embeddings, mask token
+    for name in ("vision_encoder.norm_pre.weight", "vision_encoder.blocks.0.norm1.weight",
+                 "heads.vqa.norm.weight", "vision_encoder.pos_embed", "heads.mim.mask_token",
+                 "heads.mim.blocks.0.norm1.weight", "modality_embed.weight"):
+        assert name in decayed, name
+    # not decayed upstream: biases, Hugging Face LayerNorms, decoder_norm
+    for name in ("text_encoder.embeddings.LayerNorm.weight", "fusion.image_layers.1.norm.weight",
+                 "heads.mlm.transform.norm.weight", "heads.mim.decoder_norm.weight", "heads.mlm.bias",
+                 "vision_encoder.norm_post.bias"):
+        assert name not in decayed, name
+    assert where["modality_embed.weight"]["lr"] == pytest.approx(1e-5)
+
+
+def test_unknown_lr_multiplier_set_is_an_error():
+    with pytest.raises(M3AEError, match="unknown module sets"):
+        param_groups(tiny(), 1e-5, 0.01, {"fusoin": 5})
+
+
+def test_schedule_warmup_then_linear_decay_to_zero():
+    assert warmup_steps_for(OptimArgs(warmup_ratio=0.1, warmup_steps=None), 100) == 10
+    assert warmup_steps_for(OptimArgs(warmup_ratio=None, warmup_steps=7), 100) == 7
+    assert lr_factor(0, 10, 100) == 0.0
+    assert lr_factor(5, 10, 100) == pytest.approx(0.5)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100) == 0.0
+
+
+def test_warmup_steps_and_ratio_together_is_an_error():
+    with pytest.raises(M3AEError, match="not both"):
+        OptimArgs(warmup_steps=10, warmup_ratio=0.1)
+
+
+def test_optimizer_betas_and_groups():
+    opt = build_optimizer(tiny(), OptimArgs())
+    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-8
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+        self.collate_fn = lambda xs: {k: torch.stack([x[k] for x in xs]) for k in xs[0]}
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_retrieval_score_matrix_equals_pairwise_encode():
+    from m3ae.train.evaluation import retrieval_scores
+
+    model = tiny(["irtr"])
+    model.eval()
+    g = torch.Generator().manual_seed(3)
+    images = [{"pixel_values": torch.randn(3, 32, 32, generator=g)} for _ in range(3)]
+    texts = [{"input_ids": torch.randint(3, 900, (LT,), generator=g), "attention_mask": torch.ones(LT, dtype=torch.long)}
+             for _ in range(5)]
+    scores = retrieval_scores(model, _Items(images), _Items(texts), image_batch=2, text_batch=2)
+    assert scores.shape == (3, 5)
+    with torch.no_grad():
+        for i in (0, 2):
+            for t in (1, 4):
+                out = model.encode(images[i]["pixel_values"][None], texts[t]["input_ids"][None],
+                                   texts[t]["attention_mask"][None])
+                want = model.heads["irtr"](out.cls_feats).item()
+                assert scores[i, t].item() == pytest.approx(want, rel=1e-4, abs=1e-5)
