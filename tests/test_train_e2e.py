@@ -123,6 +123,27 @@ def test_pretrain_cli_runs_and_writes_the_run_folder(data, tmp_path):
     assert (out / "checkpoints" / "latest.json").is_file()
 
 
+def test_pretrain_on_two_folders_concatenates_their_examples(data, tmp_path):
+    from m3ae.data import load_tokenizer, make_dataset
+    from m3ae.train.runner import _summary
+
+    cfg = load_config(REPO / "configs/pretrain/tiny.yaml", TINY)
+    one = make_dataset(data["pretrain"], "train", "pretrain", cfg.data, load_tokenizer(), train=True, seed=0)
+    both = make_dataset([data["pretrain"], data["irtr"]], "train", "pretrain", cfg.data, load_tokenizer(),
+                        train=True, seed=0)
+    assert len(both) == 2 * len(one)
+    assert _summary([data["pretrain"], data["irtr"]], "pretrain")["splits"]["train"]["examples"] == len(both)
+    # the second folder's examples use their own seed stream, not the first folder's draws
+    assert not torch.equal(both[0]["image_noise"], both[len(one)]["image_noise"])
+    out = tmp_path / "pt2"
+    rc = main(["pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"),
+               "--data", str(data["pretrain"]), str(data["irtr"]), "--out", str(out),
+               "--train.max_steps", "2", "--train.batch_size", "4", "--train.per_device_batch_size", "2", *TINY])
+    assert rc == 0 and (out / "best/model.safetensors").exists()
+    with pytest.raises(M3AEError, match="pre-training only"):
+        _summary([data["vqa"], data["vqa"]], "vqa")
+
+
 def test_vqa_finetune_cli_end_to_end_then_evaluate(data, tmp_path, capsys):
     out = tmp_path / "vqa"
     rc = main(["finetune", "--config", str(REPO / "configs/finetune/vqa_rad_tiny.yaml"), "--data", str(data["vqa"]),

@@ -210,16 +210,59 @@ class M3AEDataset(Dataset):
         }
 
 
+class ConcatExamples(Dataset):
+    """Several prepared folders served as one dataset (ROCO + MedICaT pre-training, as the paper).
+
+    Each part keeps its own negatives (an ITM negative image comes from the same folder, as
+    upstream draws it from the same sub-dataset) and its own seed stream, so that example i of one
+    folder and example i of another do not share their random draws.
+    """
+
+    def __init__(self, parts: list[M3AEDataset]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])  # [P+1] first global index of each part
+        self.collate_fn = parts[0].collate_fn
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[k][index - int(self.offsets[k])]
+
+
+# the seed of part k of a ConcatExamples is seed + k * PART_SEED_STRIDE
+PART_SEED_STRIDE = 1_000_003
+
+
 def make_dataset(
-    data_dir: str | Path,
+    data_dir: str | Path | list[str | Path],
     split: str,
     task: str,
     cfg: DataConfig,
     tokenizer: Any,
     train: bool = False,
     seed: int = 0,
-) -> M3AEDataset:
-    """The dataset of one split of a prepared folder; its ``collate_fn`` builds the batch contract."""
+) -> M3AEDataset | ConcatExamples:
+    """The dataset of one split of a prepared folder; its ``collate_fn`` builds the batch contract.
+
+    ``data_dir`` may be a list of folders of the same task: their examples are concatenated.
+    """
+    if isinstance(data_dir, (list, tuple)):
+        if len(data_dir) == 1:
+            return M3AEDataset(data_dir[0], split, task, cfg, tokenizer, train, seed)
+        return ConcatExamples(
+            [
+                M3AEDataset(d, split, task, cfg, tokenizer, train, seed + k * PART_SEED_STRIDE)
+                for k, d in enumerate(data_dir)
+            ]
+        )
     return M3AEDataset(data_dir, split, task, cfg, tokenizer, train, seed)
 
 

@@ -11,7 +11,9 @@ from m3ae.train.config import SECTIONS, RunConfig, add_override_help, overrides_
 def add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     """``--config``, ``--data``, ``--out``, ``--resume`` and one ``--section.key`` per recipe field."""
     parser.add_argument("--config", required=True, metavar="FILE", help=f"YAML recipe, e.g. {example}")
-    parser.add_argument("--data", required=True, metavar="DIR", help="a folder written by `m3ae prepare`")
+    parser.add_argument("--data", required=True, metavar="DIR", nargs="+",
+                        help="a folder written by `m3ae prepare`; pre-training accepts several "
+                             "(e.g. ROCO and MedICaT), whose examples are concatenated")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="run folder: config.yaml, log.jsonl, checkpoints/, best/, metrics.json")
     parser.add_argument("--resume", action="store_true",
@@ -45,3 +47,8 @@ def _explain_unknown_overrides(parser: argparse.ArgumentParser) -> None:
 def overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The ``--section.key`` values given on the command line (strings, parsed later as YAML)."""
     return [(k, str(v)) for k, v in overrides_from_args(args)]
+
+
+def data_arg(args: argparse.Namespace):
+    """``--data`` as the runner takes it: one folder, or a list of folders to concatenate."""
+    return args.data[0] if len(args.data) == 1 else list(args.data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from m3ae.train._cli_common import add_run_arguments, overrides
+from m3ae.train._cli_common import add_run_arguments, data_arg, overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,5 +20,5 @@ def run(args: argparse.Namespace) -> int:
     """Runs the fine-tune; metrics.json in --out holds the test split's metrics of the best model."""
     from m3ae.train.runner import finetune
 
-    finetune(args.config, args.data, args.out, overrides=overrides(args), resume=args.resume, seeds=args.seeds)
+    finetune(args.config, data_arg(args), args.out, overrides=overrides(args), resume=args.resume, seeds=args.seeds)
     return 0

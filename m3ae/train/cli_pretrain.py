@@ -1,12 +1,12 @@
 """Pre-train M3AE with masked language modelling, masked image modelling and image-text matching.
 
-Example: m3ae pretrain --config configs/pretrain/m3ae.yaml --data data/roco-medicat --out runs/pretrain
+Example: m3ae pretrain --config configs/pretrain/m3ae.yaml --data prepared/roco prepared/medicat --out runs/pretrain
 """
 from __future__ import annotations
 
 import argparse
 
-from m3ae.train._cli_common import add_run_arguments, overrides
+from m3ae.train._cli_common import add_run_arguments, data_arg, overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,5 +18,5 @@ def run(args: argparse.Namespace) -> int:
     """Runs pre-training; the final model is written to --out/best."""
     from m3ae.train.runner import pretrain
 
-    pretrain(args.config, args.data, args.out, overrides=overrides(args), resume=args.resume)
+    pretrain(args.config, data_arg(args), args.out, overrides=overrides(args), resume=args.resume)
     return 0

@@ -103,14 +103,28 @@ def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
 
 # -- data -----------------------------------------------------------------------------------------
 
-def _summary(data_dir: str | Path, task: str) -> dict[str, Any]:
+def _summary(data_dir: str | Path | list, task: str) -> dict[str, Any]:
+    """The folder's summary.json, checked against the task; several folders (pre-training on
+    ROCO + MedICaT) give one summary whose split sizes are the sums."""
     from m3ae.data import read_summary
+    from m3ae.data.dataset import COMPATIBLE_TASKS
 
-    summary = read_summary(data_dir)
-    data_task = summary.get("task")
-    if data_task != task and not (task == "irtr" and data_task == "pretrain"):
-        raise M3AEError(f"{data_dir}: prepared for task {data_task!r}, but the recipe trains {task!r}")
-    return summary
+    dirs = list(data_dir) if isinstance(data_dir, (list, tuple)) else [data_dir]
+    if len(dirs) > 1 and task != "pretrain":
+        raise M3AEError(f"several data folders are concatenated for pre-training only, not for {task!r}")
+    summaries = [read_summary(d) for d in dirs]
+    for d, summary in zip(dirs, summaries):
+        data_task = summary.get("task")
+        if data_task not in COMPATIBLE_TASKS.get(task, {task}):  # caption folders serve pretrain and irtr
+            raise M3AEError(f"{d}: prepared for task {data_task!r}, but the recipe trains {task!r}")
+    if len(summaries) == 1:
+        return summaries[0]
+    combined = {**summaries[0], "dataset": "+".join(str(s.get("dataset")) for s in summaries), "splits": {}}
+    for split in {name for s in summaries for name in s.get("splits", {})}:
+        combined["splits"][split] = {
+            "examples": sum(int(s.get("splits", {}).get(split, {}).get("examples", 0)) for s in summaries)
+        }
+    return combined
 
 
 def _split_size(summary: dict[str, Any], split: str | None) -> int:
