@@ -185,3 +185,35 @@ def test_wrong_image_size_is_a_clear_error(model: M3AE) -> None:
     b = batch()
     with pytest.raises(M3AEError, match="image_size=32"):
         model.encode(torch.randn(2, 3, 48, 48), b["input_ids"], b["attention_mask"])
+
+
+def test_fusion_cpu_attention_with_dropout_matches_sdpa() -> None:
+    """The explicit CPU path used when attention dropout is on computes SDPA's function."""
+    import torch.nn.functional as F
+
+    from m3ae.models.fusion import attention, cpu_dropout
+
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 2, 6, 4)
+    q, k, v = (torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask = mask[:, None, None, :]
+    # a vanishing rate keeps every probability (scale 1): exactly SDPA, masked keys get no weight
+    ours = attention(q, k, v, mask, 1e-30)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(ours, ref, atol=1e-12)
+
+    def with_dropout(q, k, v):
+        torch.manual_seed(1)  # the same mask on every call
+        return attention(q, k, v, mask, 0.3)
+
+    assert torch.autograd.gradcheck(with_dropout, (q, k, v))
+    # inverted dropout: drop rate p, kept values scaled by 1/(1-p), seeded by torch.manual_seed
+    x = torch.ones(200_000)
+    torch.manual_seed(2)
+    y = cpu_dropout(x, 0.1)
+    torch.manual_seed(2)
+    assert torch.equal(y, cpu_dropout(x, 0.1))
+    assert abs((y == 0).double().mean().item() - 0.1) < 0.005
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))

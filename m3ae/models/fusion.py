@@ -27,6 +27,86 @@ def key_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask.bool()[:, None, None, :]
 
 
+def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """`F.dropout` in training (p > 0); the cheaper `cpu_dropout` on CPU."""
+    if p == 0.0:
+        return x
+    return cpu_dropout(x, p) if x.device.type == "cpu" else F.dropout(x, p, True)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * keep * scale with a boolean `keep`; saves only the 1-byte mask for backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
+
+
+def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout (drop with probability p, scale kept values by 1/(1-p)), as `F.dropout`.
+
+    CPU `bernoulli_` costs ~7 ns per element. Here the keep mask comes from one uniform 31-bit
+    integer per element (`random_` on int32, ~2 ns), compared against round(p * 2**31): the
+    same distribution up to a 2**-31 granularity (finer than the 2**-24 of a float uniform).
+    Backward keeps a bool mask instead of a float one. Draws come from torch's default CPU
+    generator, so `manual_seed` and activation checkpointing (which replays the RNG state)
+    behave as with `F.dropout` (the random streams differ, the distribution does not).
+    """
+    if p <= 0.0:
+        return x
+    if p >= 1.0:
+        return x * 0.0
+    bits = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_()  # uniform [0, 2**31)
+    keep = bits >= round(p * 2**31)
+    return _MaskedScale.apply(x, keep, 1.0 / (1.0 - p))
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v with dropout on the probabilities; [B, h, N, d] layout.
+
+    `mask` is None or boolean, broadcastable to [B, h, N, M], True = attend (`key_padding_mask`).
+
+    Without dropout this is SDPA (its fused CPU kernel). With dropout on CPU, SDPA falls back to
+    its generic math path (a safe-softmax with extra full-size passes, float dropout masks and
+    several [B, h, N, M] temporaries that are mmap-allocated and page-faulted on every call), so
+    we compute the same thing explicitly, one batch row at a time (keeps temporaries small
+    enough for the allocator to reuse). Masked keys get the dtype's most negative value, i.e.
+    exactly zero weight whenever a row has at least one real key (the CLS token always is).
+    Under autocast or with bf16/fp16 inputs the attention itself runs in fp32.
+    """
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    if q.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cpu"):
+        # bf16/fp16 (autocast or low-precision weights): attend in fp32 and cast the result back.
+        # SDPA's math path upcasts the same way; its flash kernel with bf16 inputs rounds the
+        # probabilities to bf16 and is slower on CPU than the fp32 one.
+        dtype = q.dtype
+        with torch.autocast("cpu", enabled=False):
+            out = attention(q.float(), k.float(), v.float(), mask, dropout_p)
+        return out.to(dtype)
+    if dropout_p == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scale = q.shape[-1] ** -0.5
+    outs = []
+    for i in range(q.shape[0]):
+        scores = torch.matmul(q[i], k[i].transpose(-1, -2))  # [h, N, M]
+        scores = scores * scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask[i], torch.finfo(scores.dtype).min)
+        probs = cpu_dropout(torch.softmax(scores, dim=-1), dropout_p)
+        outs.append(torch.matmul(probs, v[i]))  # [h, N, d]
+    return torch.stack(outs)
+
+
 class MultiHeadAttention(nn.Module):
     """BERT attention with separate q/k/v projections, followed by the output dense + LN."""
 
@@ -50,9 +130,9 @@ class MultiHeadAttention(nn.Module):
         """Queries from x [B, N, D]; keys/values from context [B, M, D]; mask [B, 1, 1, M] or None."""
         q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
         drop = self.dropout if self.training else 0.0
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=context_mask, dropout_p=drop)
+        attn = attention(q, k, v, context_mask, drop)
         attn = attn.transpose(1, 2).reshape(x.shape)  # [B, h, N, d/h] -> [B, N, D]
-        return self.norm(x + F.dropout(self.out(attn), self.dropout, self.training))
+        return self.norm(x + _dropout(self.out(attn), drop))
 
 
 class FusionLayer(nn.Module):
@@ -78,7 +158,7 @@ class FusionLayer(nn.Module):
         x = self.self_attn(x, x, x_mask)
         x = self.cross_attn(x, other, other_mask)
         h = self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as BERT
-        return self.norm(x + F.dropout(h, self.dropout, self.training))
+        return self.norm(x + _dropout(h, self.dropout if self.training else 0.0))
 
 
 class CoAttentionFusion(nn.Module):

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from m3ae.errors import M3AEError
 from m3ae.models.config import VisionConfig
+from m3ae.models.fusion import attention
 from m3ae.models.masking import random_masking
 
 
@@ -30,8 +31,10 @@ class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Elementwise."""
-        return x * torch.sigmoid(1.702 * x)
+        """Elementwise. Without autograd, one temporary updated in place (same values)."""
+        if x.requires_grad and torch.is_grad_enabled():
+            return x * torch.sigmoid(1.702 * x)
+        return torch.sigmoid(1.702 * x).mul_(x)
 
 
 class FusedSelfAttention(nn.Module):
@@ -48,7 +51,7 @@ class FusedSelfAttention(nn.Module):
         b, n, d = x.shape
         qkv = self.in_proj(x).reshape(b, n, 3, self.heads, d // self.heads)  # [B, N, 3, h, d/h]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, h, N, d/h]
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v, None, 0.0)  # SDPA; in fp32 on CPU also under bf16
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
