@@ -118,9 +118,10 @@ def test_pretrain_cli_runs_and_writes_the_run_folder(data, tmp_path):
                "--out", str(out), "--train.max_steps", "2", "--train.batch_size", "4",
                "--train.per_device_batch_size", "2", *TINY])
     assert rc == 0
-    for name in ("config.yaml", "log.jsonl", "metrics.json", "best/model.safetensors"):
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "best/model.safetensors", "best/README.md"):
         assert (out / name).exists(), name
     assert (out / "checkpoints" / "latest.json").is_file()
+    assert "not" in (out / "best/README.md").read_text() and "clinical" in (out / "best/README.md").read_text()
 
 
 def test_pretrain_on_two_folders_concatenates_their_examples(data, tmp_path):

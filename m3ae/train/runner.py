@@ -258,9 +258,31 @@ def train_run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume:
         report.update(split=val_split, **result.last_metrics)
     if info.is_main:
         atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+        if (out_dir / "best").is_dir():
+            _write_model_card(cfg, out_dir / "best", summary, report)
         _say(format_table(report, title=f"{task_name} metrics ({report.get('split')} split)"))
     D.barrier()
     return report
+
+
+def _write_model_card(cfg: RunConfig, best_dir: Path, summary: dict[str, Any], report: dict[str, Any]) -> None:
+    """README.md in ``best/``: data, protocol, metrics, the command, intended use."""
+    from m3ae.model_card import current_command, write_model_card
+
+    splits = {k: v.get("examples") for k, v in summary.get("splits", {}).items()}
+    write_model_card(best_dir, {
+        "name": f"{cfg.model.name} {cfg.task.name} on {summary.get('dataset')}",
+        "task": cfg.task.name,
+        "data": {"dataset": summary.get("dataset"), "protocol": summary.get("protocol"), "splits": splits},
+        "base_model": cfg.model.pretrained or cfg.model.name,
+        "metrics": {k: v for k, v in report.items() if isinstance(v, float)},
+        "metrics_split": report.get("split"),
+        "training": {"lr": cfg.optim.lr, "lr_multipliers": cfg.optim.lr_multipliers,
+                     "batch_size": cfg.train.batch_size, "steps": report.get("steps"),
+                     "best_step": report.get("best_step"), "selected_on": report.get("selected_on"),
+                     "val_is_test": report.get("val_is_test"), "seed": cfg.train.seed},
+        "command": current_command(),
+    })
 
 
 def _with_seed(cfg: RunConfig, seed: int) -> RunConfig:

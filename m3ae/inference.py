@@ -1,0 +1,242 @@
+"""`VQAPipeline`: answer a question about an image with a fine-tuned M3AE model.
+
+    from m3ae import VQAPipeline
+    pipe = VQAPipeline.from_pretrained("runs/demo/finetune/best")
+    pipe("scan.dcm", "Is this a CT scan?")
+    # [{"answer": "yes", "probability": 0.93}, {"answer": "no", "probability": 0.05}, ...]
+
+The model folder (written by `M3AE.save_pretrained`) carries everything the pipeline needs: the
+weights, the architecture, the answer list, the preprocessing (image size, mean/std, text length)
+and the tokenizer files, so no other file or download is involved.
+
+Probabilities: the VQA head was trained with a per-answer sigmoid loss (spec §3.1), so its
+logits are not a distribution over answers. We report ``softmax(logits)``: it keeps the ranking
+(argmax = the model's answer, as in evaluation) and sums to one over the answer list. It is not
+a calibrated probability of being right.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from m3ae.errors import CheckpointError, DataError, M3AEError
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_MAX_TEXT_LEN = 32  # the VQA recipes' text length (spec §1.2)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model expects its inputs: read from the model folder's config.json."""
+
+    image_size: int
+    """Side of the square input in pixels."""
+    mean: tuple[float, ...] = CLIP_MEAN
+    """Per-channel normalisation mean."""
+    std: tuple[float, ...] = CLIP_STD
+    """Per-channel normalisation std."""
+    max_text_len: int = DEFAULT_MAX_TEXT_LEN
+    """Tokens per question after padding/truncation."""
+
+
+def read_folder_config(model_dir: Path) -> dict[str, Any]:
+    """Read `config.json` of a saved model folder.
+
+    Raises:
+        CheckpointError: when the folder or its config is missing or unreadable.
+    """
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model folder not found: {model_dir}")
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: not a model folder written by save_pretrained")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def preprocessing_from_config(config: dict[str, Any], model_image_size: int) -> Preprocessing:
+    """The preprocessing recorded in a folder's config.json.
+
+    Looks at ``preprocessing`` (image_size, mean, std, max_text_len), then at the ``data`` section
+    the training loop stores (a `DataConfig`), then falls back to the model's image size, CLIP's
+    mean/std and the VQA text length.
+    """
+    pre = dict(config.get("data") or {})
+    pre.update(config.get("preprocessing") or {})
+    return Preprocessing(
+        image_size=int(pre.get("image_size", model_image_size)),
+        mean=tuple(pre.get("mean", CLIP_MEAN)),
+        std=tuple(pre.get("std", CLIP_STD)),
+        max_text_len=int(pre.get("max_text_len", DEFAULT_MAX_TEXT_LEN)),
+    )
+
+
+def to_rgb_image(image: ImageInput) -> Image.Image:
+    """Turn any supported input into an RGB PIL image, via the data pipeline's decoders.
+
+    Args:
+        image: a path (PNG 8/16 bit, JPEG, DICOM, ...), a PIL image of any mode, or an array
+            [H, W] (grey) or [H, W, 3] (RGB); uint8, uint16 or float.
+
+    Raises:
+        DataError: for an unreadable file or an unsupported array.
+    """
+    from m3ae.data import images
+
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise DataError(f"{path}: image file not found")
+        return images.read_image_file(path)
+    if isinstance(image, np.ndarray):
+        image = array_to_pil(image)
+    if isinstance(image, Image.Image):
+        return images.to_rgb(image)
+    raise DataError(f"unsupported image input of type {type(image).__name__}: "
+                    "give a path, a PIL image or an array")
+
+
+def array_to_pil(array: np.ndarray) -> Image.Image:
+    """Wrap an array as a PIL image without changing its values (the decoder windows it later).
+
+    Raises:
+        DataError: for a shape other than [H, W], [H, W, 1] or [H, W, 3].
+    """
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] == 3:
+        if array.dtype != np.uint8:  # RGB must be 8-bit in PIL: scale floats in [0, 1], clip the rest
+            scale = 255.0 if array.dtype.kind == "f" and array.max() <= 1.0 else 1.0
+            array = np.clip(array * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(array))  # uint8 [H, W, 3] -> RGB
+    if array.ndim != 2:
+        raise DataError(f"image array must be [H, W] or [H, W, 3], got shape {tuple(array.shape)}")
+    if array.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(array))  # -> mode L
+    if array.dtype.kind in "iu":
+        return Image.fromarray(array.astype(np.int32))  # -> mode I, windowed min-max by to_rgb
+    if array.dtype.kind == "f":
+        return Image.fromarray(array.astype(np.float32))  # -> mode F, windowed min-max by to_rgb
+    raise DataError(f"unsupported image array dtype {array.dtype}")
+
+
+class VQAPipeline:
+    """A fine-tuned M3AE VQA model with its tokenizer, answer list and preprocessing.
+
+    Args:
+        model: an `M3AE` with a ``vqa`` head.
+        tokenizer: the tokenizer the model was trained with.
+        answers: the answer list, index = VQA head output.
+        preprocessing: image size, mean/std and text length.
+        device: torch device to run on.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, answers: Sequence[str], preprocessing: Preprocessing,
+                 device: str | torch.device = "cpu") -> None:
+        if "vqa" not in model.heads:
+            raise M3AEError("this model has no VQA head (it is a pre-trained or non-VQA model): "
+                            "fine-tune it on a VQA dataset first (m3ae finetune)")
+        num_outputs = model.config.num_answers
+        if len(answers) != num_outputs:
+            raise CheckpointError(f"the answer list has {len(answers)} entries but the VQA head has "
+                                  f"{num_outputs} outputs")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.tokenizer = tokenizer
+        self.answers = list(answers)
+        self.preprocessing = preprocessing
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> VQAPipeline:
+        """Load a model folder written by `M3AE.save_pretrained` (weights, config, answers, tokenizer).
+
+        Raises:
+            CheckpointError: a missing folder/file or an inconsistent folder.
+            M3AEError: a model without a VQA head.
+        """
+        from m3ae.data import load_tokenizer
+        from m3ae.models import M3AE
+
+        model_dir = Path(model_dir)
+        config = read_folder_config(model_dir)
+        model = M3AE.from_pretrained(model_dir)
+        if "vqa" not in model.heads:
+            raise M3AEError(f"{model_dir} has no VQA head (heads: {', '.join(model.heads) or 'none'}): "
+                            "predict needs a model fine-tuned for VQA, e.g. runs/demo/finetune/best")
+        answers = config.get("answers")
+        if not answers:
+            raise CheckpointError(f"{model_dir / 'config.json'} has no answer list ('answers')")
+        tokenizer = load_tokenizer(model_dir if _has_tokenizer_files(model_dir) else None)
+        pre = preprocessing_from_config(config, model.config.vision.image_size)
+        return cls(model, tokenizer, answers, pre, device=device)
+
+    # ----------------------------------------------------------------------------------- inputs
+    def preprocess_image(self, image: ImageInput) -> torch.Tensor:
+        """Decode, resize (shorter side), centre-crop and normalise one image: -> [3, H, W]."""
+        from m3ae.data import images
+
+        rgb = to_rgb_image(image)
+        size = self.preprocessing.image_size
+        # the original "clip" evaluation transform: shorter side to `size`, centre crop, normalise
+        square = images.center_crop(images.resize_shorter(rgb, size), size)
+        pre = self.preprocessing
+        return images.to_normalized_tensor(square, pre.mean, pre.std)  # [3, H, W]
+
+    def tokenize(self, questions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Pad/truncate questions to the model's text length: -> input_ids, attention_mask [B, L_t]."""
+        for question in questions:
+            if not isinstance(question, str) or not question.strip():
+                raise M3AEError("the question is empty: ask something about the image")
+        enc = self.tokenizer(list(questions), padding="max_length", truncation=True,
+                             max_length=self.preprocessing.max_text_len, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    # ------------------------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def logits(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor) -> torch.Tensor:
+        """VQA logits for a batch: [B, 3, H, W], [B, L_t] -> [B, A]."""
+        out = self.model.encode(pixel_values.to(self.device), input_ids.to(self.device),
+                                attention_mask.to(self.device))
+        return self.model.heads["vqa"](out.cls_feats).float().cpu()
+
+    def predict_batch(self, images: Sequence[ImageInput], questions: Sequence[str],
+                      top_k: int = 1) -> list[list[dict[str, Any]]]:
+        """Answer one question per image.
+
+        Returns:
+            For each question, its `top_k` answers as ``{"answer", "probability"}``, best first.
+        """
+        if len(images) != len(questions):
+            raise M3AEError(f"{len(images)} images for {len(questions)} questions")
+        text = self.tokenize(questions)
+        pixel_values = torch.stack([self.preprocess_image(im) for im in images])  # [B, 3, H, W]
+        probs = self.logits(pixel_values, **text).softmax(dim=-1)  # [B, A]
+        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        return [[{"answer": self.answers[i], "probability": float(p)}
+                 for p, i in zip(ps.tolist(), ids.tolist())]
+                for ps, ids in zip(top.values, top.indices)]
+
+    def __call__(self, image: ImageInput, question: str, top_k: int = 5) -> list[dict[str, Any]]:
+        """Answer one question about one image; returns the `top_k` answers, best first."""
+        if top_k < 1:
+            raise M3AEError(f"top_k must be at least 1, got {top_k}")
+        return self.predict_batch([image], [question], top_k=top_k)[0]
+
+
+def _has_tokenizer_files(model_dir: Path) -> bool:
+    """Whether save_pretrained stored a tokenizer in the folder."""
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
+    return any((model_dir / name).is_file() for name in names)

@@ -1,0 +1,145 @@
+"""Answer questions about images with a fine-tuned M3AE VQA model.
+
+One question: --image PATH --question TEXT prints the top answers with their probabilities (--json
+for JSON). Many questions: --input FILE.csv with columns image and question (relative image paths
+are read from the CSV's folder) and --output FILE.csv, which repeats every input column and adds
+answer and probability. Images may be PNG (8 or 16 bit), JPEG or DICOM. Research use only: not
+for clinical decisions.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from m3ae.errors import DataError, M3AEError
+
+INPUT_COLUMNS = ("image", "question")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `m3ae predict`."""
+    parser.add_argument("--model", required=True, type=Path,
+                        help="a fine-tuned VQA model folder (written by save_pretrained, e.g. .../best)")
+    one = parser.add_argument_group("one question")
+    one.add_argument("--image", type=Path, help="image file: PNG, JPEG or DICOM")
+    one.add_argument("--question", help="the question, in English")
+    one.add_argument("--top-k", type=int, default=5, help="how many answers to print")
+    one.add_argument("--json", action="store_true", help="print the answers as JSON")
+    many = parser.add_argument_group("many questions")
+    many.add_argument("--input", type=Path, help="CSV with columns image, question")
+    many.add_argument("--output", type=Path, help="CSV to write (input columns + answer, probability)")
+    parser.add_argument("--batch-size", type=int, default=16, help="questions per forward pass (batch mode)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def check_arguments(args: argparse.Namespace) -> str:
+    """Validate the option combination; returns the mode, "single" or "batch".
+
+    Raises:
+        M3AEError: on a missing or contradictory option.
+    """
+    single = args.image is not None or args.question is not None
+    batch = args.input is not None or args.output is not None
+    if single and batch:
+        raise M3AEError("use either --image/--question or --input/--output, not both")
+    if batch:
+        if args.input is None or args.output is None:
+            raise M3AEError("batch mode needs both --input FILE.csv and --output FILE.csv")
+        if args.batch_size < 1:
+            raise M3AEError(f"--batch-size must be at least 1, got {args.batch_size}")
+        return "batch"
+    if args.image is None or args.question is None:
+        raise M3AEError("give --image PATH and --question TEXT (or --input/--output for a CSV)")
+    if args.top_k < 1:
+        raise M3AEError(f"--top-k must be at least 1, got {args.top_k}")
+    return "single"
+
+
+def read_questions(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Read a batch CSV; relative image paths are resolved against the CSV's folder.
+
+    Returns:
+        (rows as dicts, the CSV's column names).
+
+    Raises:
+        DataError: naming the file and line of a missing column or an empty cell.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: input CSV not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        missing = [c for c in INPUT_COLUMNS if c not in columns]
+        if missing:
+            have = ", ".join(columns) or "none"
+            raise DataError(f"{path}:1: missing column(s) {', '.join(missing)} (have: {have})")
+        rows = []
+        for row in reader:
+            line = reader.line_num
+            for column in INPUT_COLUMNS:
+                if not (row.get(column) or "").strip():
+                    raise DataError(f"{path}:{line}: empty '{column}'")
+            image = Path(row["image"].strip())
+            row["_image_path"] = str(image if image.is_absolute() else path.parent / image)
+            row["_line"] = str(line)
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no questions (only a header)")
+    return rows, columns
+
+
+def write_answers(path: Path, rows: list[dict[str, str]], columns: list[str]) -> None:
+    """Write the input rows plus `answer` and `probability` columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out_columns = columns + [c for c in ("answer", "probability") if c not in columns]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=out_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_single(pipe, args: argparse.Namespace) -> int:
+    """Answer one question and print the top-k answers."""
+    answers = pipe(args.image, args.question, top_k=args.top_k)
+    if args.json:
+        print(json.dumps({"image": str(args.image), "question": args.question, "answers": answers}, indent=2))
+        return 0
+    print(f"Q: {args.question}")
+    width = max(len(a["answer"]) for a in answers)
+    for rank, a in enumerate(answers, start=1):
+        print(f"{rank:>2}. {a['answer']:<{width}}  {a['probability']:.3f}")
+    return 0
+
+
+def run_batch(pipe, args: argparse.Namespace) -> int:
+    """Answer every question of a CSV and write the answers CSV."""
+    from m3ae.inference import to_rgb_image
+
+    rows, columns = read_questions(args.input)
+    for start in range(0, len(rows), args.batch_size):
+        chunk = rows[start:start + args.batch_size]
+        images = []
+        for row in chunk:  # decode one by one so that an error names its CSV line
+            try:
+                images.append(to_rgb_image(row["_image_path"]))
+            except M3AEError as err:
+                raise DataError(f"{args.input}:{row['_line']}: {err}") from None
+        results = pipe.predict_batch(images, [r["question"] for r in chunk], top_k=1)
+        for row, answers in zip(chunk, results):
+            row["answer"] = answers[0]["answer"]
+            row["probability"] = f"{answers[0]['probability']:.4f}"
+    write_answers(args.output, rows, columns)
+    print(f"wrote {len(rows)} answers to {args.output}", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `m3ae predict`."""
+    from m3ae.inference import VQAPipeline
+
+    mode = check_arguments(args)
+    pipe = VQAPipeline.from_pretrained(args.model, device=args.device)
+    return run_single(pipe, args) if mode == "single" else run_batch(pipe, args)

@@ -1,0 +1,104 @@
+"""`m3ae demo`: the whole pipeline in --quick mode, and its small pure helpers."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from m3ae import demo
+from m3ae.cli import main
+from m3ae.errors import M3AEError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = REPO_ROOT / "data" / "vqa_rad"
+
+EXPECTED_FILES = (
+    "results.json", "results.md", "reconstructions.png", "training_curves.png",
+    "accuracy_by_question_type.png", "accuracy_by_question_type.json",
+    "pretrain/log.jsonl", "pretrain/best/model.safetensors",
+    "finetune/log.jsonl", "finetune/best/model.safetensors", "finetune/best/config.json",
+    "finetune/best/README.md", "finetune_blank/best/model.safetensors",
+    "data/vqa_rad/summary.json", "data/vqa_rad_blank/summary.json", "data/pretrain/summary.json",
+)
+
+
+def test_bundled_data_is_small_and_complete():
+    """The shipped VQA-RAD copy: both split files, every referenced image, longest side <= 384, < 10 MB."""
+    names = set()
+    for split_file in ("trainset.json", "testset.json"):
+        names |= {r["image_name"] for r in json.loads((BUNDLED / split_file).read_text())}
+    files = {p.name: p for p in (BUNDLED / "images").glob("*.jpg")}
+    assert names <= set(files) and len(files) == 315
+    assert max(max(Image.open(p).size) for p in files.values()) <= 384
+    assert sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file()) < 10_000_000
+    assert "CC0" in (BUNDLED / "LICENSE").read_text() and "resized" in (BUNDLED / "SOURCE.md").read_text()
+
+
+def test_scores_split_open_and_closed():
+    # closed: one right, one wrong; open: one right, one whose answer is outside the set (label -1)
+    records = [{"answer_type": 0, "pred": 3, "label": 3}, {"answer_type": 0, "pred": 1, "label": 2},
+               {"answer_type": 1, "pred": 5, "label": 5}, {"answer_type": 1, "pred": -1, "label": -1}]
+    assert demo.scores(records) == {"open": 50.0, "closed": 50.0, "overall": 50.0}
+    with pytest.raises(M3AEError):
+        demo.check_metrics({"x": {"overall": 101.0}})
+
+
+def test_blank_and_subset_copies_keep_the_raw_layout(tmp_path):
+    subset = demo.subset_raw(BUNDLED, tmp_path / "subset", train_images=4)
+    train = json.loads((subset / "trainset.json").read_text())
+    assert len({r["image_name"] for r in train}) == 4
+    blank = demo.blank_raw(subset, tmp_path / "blank")
+    for path in (subset / "images").glob("*.jpg"):
+        copy = Image.open(blank / "images" / path.name)
+        assert copy.size == Image.open(path).size and np.asarray(copy).max() == 0
+    assert (blank / "testset.json").read_bytes() == (subset / "testset.json").read_bytes()
+
+
+def test_find_src_error_names_the_folder(tmp_path):
+    with pytest.raises(M3AEError, match=str(tmp_path)):
+        demo.find_src(tmp_path)
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--seed", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "NOT real captions" in printed and "Protocol: clean" in printed
+    for name in EXPECTED_FILES:
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert results["split"] == "test" and len(results["metrics"]) == 3
+    for method, metrics in results["metrics"].items():
+        assert set(metrics) == {"open", "closed", "overall"}
+        assert all(0.0 <= v <= 100.0 for v in metrics.values()), (method, metrics)
+    for png in ("reconstructions.png", "training_curves.png", "accuracy_by_question_type.png"):
+        assert Image.open(out / png).size[0] > 300
+    card = (out / "finetune" / "best" / "README.md").read_text()
+    assert "not** a medical device" in card and "vqa-rad" in card
+    # the fine-tuned folder is what `m3ae predict` reads
+    image = next((BUNDLED / "images").glob("*.jpg"))
+    assert main(["predict", "--model", str(out / "finetune" / "best"), "--image", str(image),
+                 "--question", "Is this a CT?", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"]
+
+
+def test_demo_refuses_to_replace_a_foreign_folder(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(M3AEError, match="not written by"):
+        demo.clear_out(tmp_path)
+    assert (tmp_path / "precious.txt").is_file()
+    demo.clear_out(tmp_path / "new")
+    demo.clear_out(tmp_path / "new")  # a demo folder may be replaced
+    assert (tmp_path / "new" / demo.DEMO_MARKER).is_file()
+
+
+def test_choose_threads_respects_request_and_bounds():
+    assert demo.choose_threads(3) == 3
+    with pytest.raises(M3AEError):
+        demo.choose_threads(0)
+    assert 1 <= demo.choose_threads(None) <= (os.cpu_count() or 1)
