@@ -21,3 +21,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder not found at {SHARED_DATA} (set M3AE_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op torch thread per test: tiny models gain nothing from more, and on a busy 2-core
+    machine OpenMP spin-waiting makes them several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

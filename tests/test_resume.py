@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_loop import losses, run_toy  # noqa: E402
@@ -19,14 +18,6 @@ from m3ae.train.runlog import read_log  # noqa: E402
 
 STEPS = 12
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes more threads slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):

@@ -23,14 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = "chest lung heart liver kidney brain spine bone left right mass fluid normal large small".split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes more threads slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _images(folder: Path, n: int) -> list[str]:
     rng = np.random.default_rng(0)

@@ -21,14 +21,6 @@ from m3ae.train.runlog import read_log
 N_SAMPLES = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes more threads slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class ToyModel(nn.Module):
     """A regression MLP with dropout (so RNG handling matters) and a save_pretrained."""

@@ -13,14 +13,6 @@ from m3ae.train.tasks import ClassificationTask, PretrainTask, RetrievalTask, VQ
 B, LT = 4, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes more threads slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(heads=("mlm", "mim", "itm"), **kw) -> M3AE:
     torch.manual_seed(0)

@@ -169,38 +169,45 @@ class PretrainTask(BaseTask):
         return {"loss": self._total(parts), **parts}
 
 
-class VQATask(BaseTask):
+class HeadOnJointFeatureTask(BaseTask):
+    """A head on ``cls_feats`` trained with one loss: what VQA and classification share."""
+
+    head: str
+    """Key of ``model.heads``."""
+    target_key: str
+    """Batch key of the loss target."""
+
+    @staticmethod
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """[B, A] answer logits (VQA) or [B, K] class logits (classification)."""
+        out = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        return model.heads[self.head](out.cls_feats)
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """``{"loss": ...}``."""
+        self.check_batch(batch)
+        return {"loss": self.loss_fn(self.logits(model, batch), batch[self.target_key])}
+
+
+class VQATask(HeadOnJointFeatureTask):
     """Med-VQA as classification over the closed answer set (BCE x A, as the original)."""
 
-    name = "vqa"
+    name = head = "vqa"
+    target_key = "vqa_targets"
     batch_keys = ("pixel_values", "input_ids", "attention_mask", "vqa_targets")
-
-    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """[B, A] answer logits."""
-        out = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-        return model.heads["vqa"](out.cls_feats)
-
-    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        """``{"loss": vqa_loss}``."""
-        self.check_batch(batch)
-        return {"loss": L.vqa_loss(self.logits(model, batch), batch["vqa_targets"])}
+    loss_fn = staticmethod(L.vqa_loss)
 
 
-class ClassificationTask(BaseTask):
+class ClassificationTask(HeadOnJointFeatureTask):
     """Image-text classification (MELINDA): cross-entropy over K classes."""
 
-    name = "cls"
+    name = head = "cls"
+    target_key = "labels"
     batch_keys = ("pixel_values", "input_ids", "attention_mask", "labels")
-
-    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """[B, K] class logits."""
-        out = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-        return model.heads["cls"](out.cls_feats)
-
-    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        """``{"loss": cls_loss}``."""
-        self.check_batch(batch)
-        return {"loss": L.cls_loss(self.logits(model, batch), batch["labels"])}
+    loss_fn = staticmethod(L.cls_loss)
 
 
 class RetrievalTask(BaseTask):
