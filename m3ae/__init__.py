@@ -5,8 +5,7 @@ training code live in `m3ae.data` and `m3ae.train` and are imported on first use
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from m3ae._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -25,10 +24,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'm3ae' has no attribute {name!r}")
-    module = importlib.import_module(_LAZY[name])
-    value = module if name == "metrics" else getattr(module, name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -9,8 +9,7 @@ Names resolve lazily so that ``import m3ae.data`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from m3ae._lazy import lazy_getattr
 
 _LAZY = {
     "DataConfig": "m3ae.data.config",
@@ -40,9 +39,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'm3ae.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -140,27 +140,27 @@ class M3AEDataset(Dataset):
         return getattr(self, f"_item_{self.task}")(index, gen)
 
     # -- one builder per task; the draw order inside each is fixed (determinism) ---------------------
-    def _item_vqa(self, index: int, gen: torch.Generator) -> dict[str, Any]:
+    def _image_and_text(self, index: int, text_column: str, gen: torch.Generator) -> dict[str, Any]:
+        """The example's transformed image and its one tokenised text (VQA question, cls text)."""
         cols = self.columns
-        text = self._text([cols["question"][index]])
+        text = self._text([cols[text_column][index]])
         return {
             "pixel_values": self.load_image(cols["image_id"][index], gen),
             "input_ids": text["input_ids"][0],
             "attention_mask": text["attention_mask"][0],
+        }
+
+    def _item_vqa(self, index: int, gen: torch.Generator) -> dict[str, Any]:
+        cols = self.columns
+        return {
+            **self._image_and_text(index, "question", gen),
             "vqa_labels": int(cols["label"][index]),
             "answer_type": int(cols["answer_type"][index]),
             "question_id": int(cols["question_id"][index]),
         }
 
     def _item_cls(self, index: int, gen: torch.Generator) -> dict[str, Any]:
-        cols = self.columns
-        text = self._text([cols["text"][index]])
-        return {
-            "pixel_values": self.load_image(cols["image_id"][index], gen),
-            "input_ids": text["input_ids"][0],
-            "attention_mask": text["attention_mask"][0],
-            "labels": int(cols["label"][index]),
-        }
+        return {**self._image_and_text(index, "text", gen), "labels": int(self.columns["label"][index])}
 
     def _item_pretrain(self, index: int, gen: torch.Generator) -> dict[str, Any]:
         cols = self.columns

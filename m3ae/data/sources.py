@@ -298,6 +298,14 @@ def _roco_example(src: Path, split: str, roco_id: str, where: str, text: str) ->
     )
 
 
+def _duplicate_roco_id(seen: dict[str, str], roco_id: str, where: str, split: str, issues: Issues) -> bool:
+    """True (and reported as bad input) when ``roco_id`` is already in ``seen`` (id -> first place)."""
+    if roco_id in seen:
+        issues.bad(split, "duplicate_id", f"{where}: duplicate image id {roco_id!r} (first at {seen[roco_id]})")
+        return True
+    return False
+
+
 def _roco_figure_map(src: Path, issues: Issues) -> dict[str, str]:
     """``<PMC id>_<figure file>`` -> ROCO id, from every split's dlinks.txt."""
     mapping = {}
@@ -345,12 +353,7 @@ def read_roco(
     for split in SPLITS:
         seen: dict[str, str] = {}
         for where, roco_id, caption in _roco_captions(src, split, issues):
-            if roco_id in seen:
-                issues.bad(
-                    split,
-                    "duplicate_id",
-                    f"{where}: duplicate image id {roco_id!r} (first at {seen[roco_id]})",
-                )
+            if _duplicate_roco_id(seen, roco_id, where, split, issues):
                 continue
             seen[roco_id] = where
             splits[split].append(_roco_example(src, split, roco_id, where, caption))
@@ -376,12 +379,7 @@ def read_roco_retrieval(
         (random if protocol == "paper" else random.Random(seed)).shuffle(lines)
         examples, seen = [], {}
         for where, roco_id, caption in _roco_captions(src, split, issues, lines):
-            if roco_id in seen:
-                issues.bad(
-                    split,
-                    "duplicate_id",
-                    f"{where}: duplicate image id {roco_id!r} (first at {seen[roco_id]})",
-                )
+            if _duplicate_roco_id(seen, roco_id, where, split, issues):
                 continue
             words = len(clean_text(caption).split())
             if words <= 1:

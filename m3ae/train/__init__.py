@@ -6,8 +6,7 @@ Public names: `fit`, `Loaders`, `OptimArgs`, `TrainArgs`, `EvalArgs`, `TaskArgs`
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from m3ae._lazy import lazy_getattr
 
 _LAZY = {
     "fit": "m3ae.train.loop",
@@ -34,9 +33,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'm3ae.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
