@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shutil
 import time
@@ -38,38 +39,49 @@ DEMO_MARKER = ".m3ae-demo"  # marks a folder the demo may replace
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """Sizes and lengths of one demo run (full or --quick)."""
+    """Sizes and lengths of one demo run (full or --quick). The budget planner scales the lengths."""
 
     pretrain_steps: int
     """Optimisation steps of pre-training."""
-    finetune_epochs: int
-    """Epochs of VQA fine-tuning (both the model and the blank-image baseline)."""
+    finetune_epochs: float
+    """Epochs of VQA fine-tuning (every fine-tuned row of the table trains exactly as long)."""
     finetune_max_steps: int | None = None
-    """Cap on fine-tuning steps (--quick only)."""
+    """Cap on fine-tuning steps (--quick, or set by the budget planner)."""
     batch_size: int = 32
     """Samples per optimisation step of pre-training."""
-    finetune_batch_size: int = 16
-    """Samples per optimisation step of fine-tuning (small: more updates in few epochs)."""
-    pretrain_lr: float = 1e-4
-    """Base learning rate of pre-training (fusion and heads get x5)."""
-    finetune_lr: float = 1e-4
-    """Base learning rate of fine-tuning (fusion x5, heads x30)."""
-    finetune_head_multiplier: float = 30.0
-    """LR multiplier of the VQA head: with a few epochs instead of the paper's 50, the head needs a
-    high rate to get past "no" for everything (the paper uses x50 on a 20x smaller base rate)."""
+    finetune_batch_size: int = 32
+    """Samples per optimisation step of fine-tuning."""
+    pretrain_lr: float = 2e-4
+    """Base learning rate of pre-training (towers); fusion and heads get x5."""
+    finetune_lr: float = 2e-4
+    """Base learning rate of fine-tuning (the ViT; the text tower is frozen)."""
+    finetune_head_multiplier: float = 2.5
+    """LR multiplier of the fusion and the VQA head: 5e-4, the best of 1e-4 / 5e-4 / 2e-3 in docs/learning.md."""
+    finetune_loss: str = "ce"
+    """VQA loss: softmax cross-entropy ("ce"); the paper's BCE x answers ("paper") needs tens of epochs
+    to leave the majority answer (docs/learning.md)."""
+    freeze_text: bool = True
+    """Keep the pretrained MiniLM text tower frozen in every stage (no gradients, no dropout): its features
+    stay intact and a step costs about a third less, so more steps fit the budget (docs/learning.md)."""
+    pooling: str = "mean"
+    """Poolers summarise each stream by the mean of its tokens: with a few epochs the paper's first-token
+    pooler stayed near the majority answer (docs/learning.md)."""
     max_text_len: int = 24
     """Tokens per text: 99% of VQA-RAD questions and 95% of question+answer pairs fit in 24 MiniLM tokens."""
-    precision: str = "bf16"
-    """Autocast precision of training and evaluation (bf16: ~25% faster than fp32 with AVX512-BF16)."""
+    precision: str = "auto"
+    """Autocast precision: bf16 only where the CPU runs it natively, else fp32 (m3ae.hardware)."""
     min_type_count: int = 5
     """Question types with fewer test questions are left out of the per-type chart."""
     subset_images: int | None = None
     """Use only this many train images and half as many test images (--quick only)."""
 
 
-FULL = DemoSizes(pretrain_steps=100, finetune_epochs=3)
+FULL = DemoSizes(pretrain_steps=300, finetune_epochs=5)
 QUICK = DemoSizes(pretrain_steps=3, finetune_epochs=1, finetune_max_steps=3, batch_size=8,
                   finetune_batch_size=8, subset_images=24, min_type_count=1)
+MIN_SCALE = 0.25
+"""The budget planner never shortens pre-training or fine-tuning below this share of FULL."""
+DEFAULT_BUDGET_MINUTES = 15.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,15 +94,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a few steps of each stage on a data subset (CI)")
     parser.add_argument("--pretrain-steps", type=int, default=argparse.SUPPRESS,
-                        help=f"pre-training steps (default: {FULL.pretrain_steps}; "
-                             f"{QUICK.pretrain_steps} with --quick)")
-    parser.add_argument("--finetune-epochs", type=int, default=argparse.SUPPRESS,
-                        help=f"fine-tuning epochs (default: {FULL.finetune_epochs}; with --quick "
-                             f"{QUICK.finetune_epochs}, capped at {QUICK.finetune_max_steps} steps)")
+                        help=f"pre-training steps (default: {FULL.pretrain_steps}, scaled down to fit the "
+                             f"budget; {QUICK.pretrain_steps} with --quick); fixes the length, no budget scaling")
+    parser.add_argument("--finetune-epochs", type=float, default=argparse.SUPPRESS,
+                        help=f"fine-tuning epochs of every fine-tuned row (default: {FULL.finetune_epochs:g}, "
+                             "scaled down to fit the budget); fixes the length, no budget scaling")
+    parser.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
+                        help="wall-time budget of the whole demo: a few timed steps measure this machine, then "
+                             f"pre-training and fine-tuning are shortened (never below {MIN_SCALE:.0%} of the "
+                             "default lengths, the same for every row) to fit; 0 = no budget")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the split, initialisation and data order")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run the training stages once per seed (the split stays that of --seed) and "
+                             "report mean ± sd per row; the budget applies to each seed")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: the cores not already busy, from the load average)")
+                        help="torch threads (default: every core this process may run on)")
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -121,21 +140,20 @@ def minilm_folder() -> Path:
     return folder
 
 
-def choose_threads(requested: int | None) -> int:
-    """Torch threads: as asked, else the cores that other processes leave idle (at least one).
+def choose_threads(requested: int | None) -> tuple[int, str]:
+    """Torch threads and why: as asked, else every core this process may run on.
 
-    On a shared machine, more compute threads than idle cores is far worse than fewer: each
-    parallel region waits for its slowest thread, and a thread that loses its core stalls them
-    all. Measured here (2 cores, one other busy process): a pre-training step took 44 s with 2
-    threads and 2.5 s with 1.
+    The load average is not used: it still counts a job that has just finished (the `pip install`
+    that `make demo` runs first left it at 1.0 on an idle 2-core machine, and the demo then ran on
+    one core).
     """
+    from m3ae.hardware import usable_cores
+
     if requested is not None:
         if requested < 1:
             raise M3AEError(f"--threads must be at least 1, got {requested}")
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy)))
+        return requested, "--threads"
+    return usable_cores(), "the cores this process may run on (os.sched_getaffinity)"
 
 
 def run_cli(argv: list[str]) -> None:
@@ -146,6 +164,127 @@ def run_cli(argv: list[str]) -> None:
     code = main(argv)
     if code != 0:
         raise M3AEError(f"`m3ae {' '.join(argv)}` failed with exit code {code}")
+
+
+# ----------------------------------------------------------------------------- time budget
+@dataclass(frozen=True)
+class StepCosts:
+    """Seconds measured on this machine (median of a few timed steps after a warm-up step)."""
+
+    pretrain_step: float
+    """One pre-training step (three passes, backward, optimizer) at the demo's batch size."""
+    finetune_step: float
+    """One VQA fine-tuning step with images."""
+    question_only_step: float
+    """One fine-tuning step of the question-only baseline (no vision tower)."""
+    eval_example: float
+    """Forward pass of one evaluation example."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the demo will run, and how long it expects each stage to take."""
+
+    scale: float
+    """Share of the default lengths (1 = FULL; never below MIN_SCALE)."""
+    pretrain_steps: int
+    finetune_steps: int
+    """Optimisation steps of every fine-tuned row."""
+    stage_seconds: dict[str, float]
+    """Expected wall time per stage."""
+    fits: bool
+    """False when even MIN_SCALE exceeds the budget."""
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.stage_seconds.values())
+
+
+FINETUNE_ROWS = ("m3ae", "scratch", "blank_images", "question_only")
+"""The fine-tuned rows of the table; every one trains for the same number of steps."""
+
+
+def plan_stages(costs: StepCosts, sizes: DemoSizes, scale: float, steps_per_epoch: int,
+                eval_examples: dict[str, int], fixed_seconds: float) -> Plan:
+    """Expected stage times when pre-training and fine-tuning run at ``scale`` x their default lengths."""
+    pretrain_steps = max(1, round(sizes.pretrain_steps * scale))
+    finetune_steps = max(1, round(sizes.finetune_epochs * steps_per_epoch * scale))
+    epochs = max(1, math.ceil(finetune_steps / max(1, steps_per_epoch)))
+    evals = (epochs * eval_examples["val"] + 2 * eval_examples["test"]) * costs.eval_example
+    times = {"fixed": fixed_seconds, "pretrain": pretrain_steps * costs.pretrain_step}
+    for row in FINETUNE_ROWS:
+        step = costs.question_only_step if row == "question_only" else costs.finetune_step
+        times[row] = finetune_steps * step + evals * (0.5 if row == "question_only" else 1.0)
+    return Plan(scale, pretrain_steps, finetune_steps, {k: round(v, 1) for k, v in times.items()}, True)
+
+
+def plan_to_budget(costs: StepCosts, sizes: DemoSizes, budget_seconds: float, steps_per_epoch: int,
+                   eval_examples: dict[str, int], fixed_seconds: float) -> Plan:
+    """The longest plan (scale <= 1, the same for every row) that fits the budget.
+
+    Pure: it only does arithmetic on measured costs, so it is tested with made-up step times.
+    When even MIN_SCALE does not fit, the MIN_SCALE plan is returned with ``fits=False``.
+    """
+    def plan(scale: float) -> Plan:
+        return plan_stages(costs, sizes, scale, steps_per_epoch, eval_examples, fixed_seconds)
+
+    full = plan(1.0)
+    if budget_seconds <= 0 or full.total_seconds <= budget_seconds:
+        return full
+    low, high = MIN_SCALE, 1.0
+    if plan(low).total_seconds > budget_seconds:
+        return dataclasses.replace(plan(low), fits=False)
+    for _ in range(30):  # bisection on the scale: total time grows monotonically with it
+        mid = (low + high) / 2
+        low, high = (mid, high) if plan(mid).total_seconds <= budget_seconds else (low, mid)
+    return plan(low)
+
+
+def time_steps(cfg: dict[str, Any], data_dir: Path, steps: int = 3) -> float:
+    """Median seconds of one optimisation step of a recipe on this machine (after one warm-up step).
+
+    Builds the recipe's model, task and optimizer and runs them on one real batch, as `fit` does;
+    the data loading of a step is timed too (once, uncached, so the estimate errs long).
+    """
+    import statistics
+
+    from m3ae.data import load_tokenizer, make_dataset
+    from m3ae.train.config import config_from_dict
+    from m3ae.train.loop import autocast_context
+    from m3ae.train.optim import build_optimizer
+    from m3ae.train.runner import _summary, build_model, task_options, tokenizer_path
+    from m3ae.train.tasks import make_task
+
+    config = config_from_dict(cfg, where="demo timing recipe")
+    model = build_model(config, _summary(data_dir, config.task.name)).train()
+    task = make_task(config.task.name, **task_options(config.task))
+    dataset = make_dataset(data_dir, "train", config.task.name, config.data,
+                           load_tokenizer(tokenizer_path(config)), train=True, seed=0)
+    size = config.train.batch_size
+    start = time.perf_counter()
+    batch = dataset.collate_fn([dataset[i % len(dataset)] for i in range(size)])
+    data_seconds = time.perf_counter() - start
+    optimizer = build_optimizer(model, config.optim)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with autocast_context(config.train.precision, torch.device("cpu")):
+            task.forward_backward(model, batch, lambda loss: loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) + data_seconds
+
+
+def measure_costs(sizes: DemoSizes, dirs: dict[str, Path], text_dir: Path, seed: int) -> StepCosts:
+    """Times a pre-training, a fine-tuning and a question-only step of the demo's own recipes."""
+    pre = time_steps(pretrain_config(sizes, seed, text_dir), dirs["pretrain"])
+    ft_cfg = finetune_config(sizes, seed, text_dir, pretrained=None)
+    ft = time_steps(ft_cfg, dirs["vqa"])
+    qo_cfg = finetune_config(sizes, seed, text_dir, pretrained=None, image_input="none")
+    qo = time_steps(qo_cfg, dirs["vqa"])
+    # an evaluation forward costs about a third of a training step's forward + backward
+    return StepCosts(pre, ft, qo, eval_example=ft / sizes.finetune_batch_size / 3)
 
 
 # ------------------------------------------------------------------------------ stage 1: data
@@ -216,7 +355,8 @@ def prepare_all(src: Path, out: Path, sizes: DemoSizes, image_size: int, seed: i
 def base_config(sizes: DemoSizes, seed: int, text_dir: Path) -> dict[str, Any]:
     """The recipe sections shared by pre-training and fine-tuning (m3ae-small on CPU)."""
     return {
-        "model": {"name": "m3ae-small", "tokenizer": str(text_dir)},
+        "model": {"name": "m3ae-small", "tokenizer": str(text_dir), "config": {"pooling": sizes.pooling},
+                  "freeze": ["text_encoder"] if sizes.freeze_text else []},
         "data": {"image_size": DEMO_IMAGE_SIZE, "patch_size": 16, "max_text_len": sizes.max_text_len},
         "train": {"batch_size": sizes.batch_size, "per_device_batch_size": sizes.batch_size, "seed": seed,
                   "precision": sizes.precision,
@@ -238,15 +378,26 @@ def pretrain_config(sizes: DemoSizes, seed: int, text_dir: Path) -> dict[str, An
     return cfg
 
 
-def finetune_config(sizes: DemoSizes, seed: int, text_dir: Path, pretrained: Path) -> dict[str, Any]:
-    """VQA fine-tuning recipe from the pre-trained folder; model selection on the val split."""
+def finetune_config(sizes: DemoSizes, seed: int, text_dir: Path, pretrained: Path | None,
+                    image_input: str = "pixels") -> dict[str, Any]:
+    """VQA fine-tuning recipe; model selection on the val split.
+
+    Args:
+        pretrained: the pre-trained folder, or None for the model before pre-training (the same
+            random ViT initialisation and the pretrained MiniLM text tower).
+        image_input: "pixels", or "none" for the question-only baseline.
+    """
     cfg = base_config(sizes, seed, text_dir)
-    cfg["model"]["pretrained"] = str(pretrained)
-    cfg["task"] = {"name": "vqa"}
+    if pretrained is None:
+        cfg["model"]["text_weights"] = str(text_dir)
+    else:
+        cfg["model"]["pretrained"] = str(pretrained)
+    cfg["task"] = {"name": "vqa", "loss": sizes.finetune_loss, "image_input": image_input}
+    mult = sizes.finetune_head_multiplier
     cfg["optim"] = {"lr": sizes.finetune_lr, "warmup_ratio": 0.1,
-                    "lr_multipliers": {"fusion": 5.0, "heads": sizes.finetune_head_multiplier}}
+                    "lr_multipliers": {"fusion": mult, "heads": mult}}
     batch = sizes.finetune_batch_size
-    cfg["train"].update({"max_epochs": sizes.finetune_epochs, "max_steps": sizes.finetune_max_steps,
+    cfg["train"].update({"max_epochs": math.ceil(sizes.finetune_epochs), "max_steps": sizes.finetune_max_steps,
                          "batch_size": batch, "per_device_batch_size": batch})
     cfg["eval"].update({"val_split": "val", "test_split": "test"})
     return cfg
@@ -266,7 +417,7 @@ def train_stage(kind: str, cfg: dict[str, Any], data_dir: Path, run_dir: Path) -
 
 
 # ------------------------------------------------------------------------ stage 4: evaluation
-def predict_split(model_dir: Path, data_dir: Path, split: str, precision: str = "fp32",
+def predict_split(model_dir: Path, data_dir: Path, split: str, precision: str = "auto",
                   batch_size: int = 64) -> list[dict[str, Any]]:
     """Per-question predictions of a saved VQA model on a prepared split (the training evaluator's).
 
@@ -278,14 +429,17 @@ def predict_split(model_dir: Path, data_dir: Path, split: str, precision: str = 
     from m3ae.inference import preprocessing_from_config, read_folder_config
     from m3ae.models import M3AE
     from m3ae.train.evaluation import evaluate_vqa
+    from m3ae.train.tasks import VQATask
+    from m3ae.weights.io import read_metadata
 
     model = M3AE.from_pretrained(model_dir).eval()
+    task = VQATask(image_input=read_metadata(model_dir).get("image_input", "pixels"))
     pre = preprocessing_from_config(read_folder_config(model_dir), model.config.vision.image_size)
     cfg = DataConfig(image_size=pre.image_size, max_text_len=pre.max_text_len,
                      patch_size=model.config.vision.patch_size)
     dataset = make_dataset(data_dir, split, "vqa", cfg, load_tokenizer(model_dir), train=False, seed=0)
     # the evaluator and precision fine-tuning uses, so the numbers match its test report
-    _, out = evaluate_vqa(model, dataset, batch_size=batch_size, precision=precision)
+    _, out = evaluate_vqa(model, dataset, batch_size=batch_size, precision=precision, task=task)
     columns = {k: out[k].tolist() for k in ("question_id", "pred", "label", "answer_type")}
     return [{**dict(zip(columns, values)), "score": float(values[1] == values[2] >= 0)}
             for values in zip(*columns.values())]
@@ -383,11 +537,16 @@ def reconstruction_figure(model_dir: Path, src: Path, data_dir: Path, path: Path
 
 
 # ------------------------------------------------------------------------------ stage 6: report
-def results_table(rows: dict[str, dict[str, float]]) -> str:
-    """A Markdown table of open / closed / overall per method."""
+def results_table(rows: dict[str, dict[str, float]], majority_answer: str | None = None,
+                  sd: dict[str, dict[str, float]] | None = None) -> str:
+    """A Markdown table of open / closed / overall per row (mean ± sd when ``sd`` is given)."""
     lines = ["| method | open | closed | overall |", "| --- | ---: | ---: | ---: |"]
-    for name, m in rows.items():
-        lines.append(f"| {name} | {m['open']:.1f} | {m['closed']:.1f} | {m['overall']:.1f} |")
+    for row, m in rows.items():
+        title = ROW_TITLES.get(row, row)
+        if row == "majority" and majority_answer:
+            title = f"majority answer ('{majority_answer}', from train)"
+        cells = [f"{m[k]:.1f}" + (f" ± {sd[row][k]:.1f}" if sd else "") for k in ("open", "closed", "overall")]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -406,8 +565,12 @@ def demo_sizes(args: argparse.Namespace) -> DemoSizes:
         sizes = dataclasses.replace(sizes, pretrain_steps=args.pretrain_steps)
     if getattr(args, "finetune_epochs", None) is not None:
         sizes = dataclasses.replace(sizes, finetune_epochs=args.finetune_epochs)
-    if sizes.pretrain_steps < 1 or sizes.finetune_epochs < 1:
-        raise M3AEError("--pretrain-steps and --finetune-epochs must be at least 1")
+    if sizes.pretrain_steps < 1 or sizes.finetune_epochs <= 0:
+        raise M3AEError("--pretrain-steps must be at least 1 and --finetune-epochs above 0")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise M3AEError(f"--seeds has duplicates: {args.seeds}")
+    if args.budget_minutes < 0:
+        raise M3AEError(f"--budget-minutes must be >= 0 (0 = no budget), got {args.budget_minutes:g}")
     return sizes
 
 
@@ -459,58 +622,160 @@ def clear_out(out: Path) -> None:
     (out / DEMO_MARKER).write_text("written by `m3ae demo`; the next demo run into this folder replaces it\n")
 
 
+ROWS = ("majority", "question_only", "blank_images", "scratch", "m3ae")
+"""The keys of results.json "metrics", in table order."""
+ROW_TITLES = {
+    "majority": "majority answer (most frequent train answer)",
+    "question_only": "question only (same text tower + head, no image)",
+    "blank_images": "M3AE pre-trained, fine-tuned on blank images",
+    "scratch": "fine-tuned without pre-training",
+    "m3ae": "M3AE (pre-trained + fine-tuned)",
+}
+RUN_FOLDERS = {"m3ae": "finetune", "blank_images": "finetune_blank", "scratch": "finetune_scratch",
+               "question_only": "finetune_question_only"}
+
+
+def make_plan(args: argparse.Namespace, sizes: DemoSizes, dirs: dict[str, Path], text_dir: Path,
+              elapsed: float) -> tuple[DemoSizes, Plan | None]:
+    """Measure this machine and fit the run into the budget; returns the sizes to run and the plan.
+
+    No measurement with --quick, with --budget-minutes 0, or when the user fixed both lengths.
+    """
+    from m3ae.data import read_summary
+
+    fixed = hasattr(args, "pretrain_steps") and hasattr(args, "finetune_epochs")
+    if args.quick or args.budget_minutes == 0 or fixed:
+        return sizes, None
+    splits = read_summary(dirs["vqa"])["splits"]
+    steps_per_epoch = int(splits["train"]["examples"]) // sizes.finetune_batch_size
+    start = time.perf_counter()
+    costs = measure_costs(sizes, dirs, text_dir, args.seed)
+    spent = elapsed + time.perf_counter() - start
+    print(f"measured on this machine: pre-training step {costs.pretrain_step:.2f} s, fine-tuning step "
+          f"{costs.finetune_step:.2f} s, question-only step {costs.question_only_step:.2f} s "
+          f"(batch {sizes.batch_size} / {sizes.finetune_batch_size}; timing took {time.perf_counter() - start:.0f} s)")
+    fixed_seconds = REPORT_SECONDS
+    plan = plan_to_budget(costs, sizes, args.budget_minutes * 60 - spent, steps_per_epoch,
+                          {k: int(splits[k]["examples"]) for k in ("val", "test")}, fixed_seconds)
+    if hasattr(args, "pretrain_steps"):
+        plan = dataclasses.replace(plan, pretrain_steps=sizes.pretrain_steps)
+    if hasattr(args, "finetune_epochs"):
+        plan = dataclasses.replace(plan, finetune_steps=round(sizes.finetune_epochs * steps_per_epoch))
+    epochs = plan.finetune_steps / steps_per_epoch
+    print(f"plan ({plan.scale:.0%} of the default lengths, the same for every row): pre-train "
+          f"{plan.pretrain_steps} steps, fine-tune {plan.finetune_steps} steps ({epochs:.1f} epochs) per row; "
+          "expected: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in plan.stage_seconds.items())
+          + f"; total with set-up {(spent + plan.total_seconds) / 60:.1f} min of the {args.budget_minutes:g}")
+    if not plan.fits:
+        print(f"WARNING: this machine is too slow to fit the {args.budget_minutes:g}-minute budget even at "
+              f"{MIN_SCALE:.0%} of the default lengths; expect about {(spent + plan.total_seconds) / 60:.0f} "
+              "minutes (use --budget-minutes to set a longer one)", flush=True)
+    sizes = dataclasses.replace(sizes, pretrain_steps=plan.pretrain_steps, finetune_epochs=epochs,
+                                finetune_max_steps=plan.finetune_steps)
+    return sizes, plan
+
+
+REPORT_SECONDS = 30.0
+"""Planned time for test predictions, pictures and the report (measured: about 20 s)."""
+
+
+def train_rows(out: Path, sizes: DemoSizes, seed: int, text_dir: Path, dirs: dict[str, Path],
+               clock: StageClock, tag: str = "") -> dict[str, Path]:
+    """Pre-train, then fine-tune the four rows; returns the run folder of each."""
+    runs = {"pretrain": out / "pretrain", **{row: out / folder for row, folder in RUN_FOLDERS.items()}}
+    clock(f"pretrain{tag}", f"2/6 pre-train m3ae-small{tag} (MLM + MIM + ITM; ViT from scratch, "
+                            "text tower = pretrained MiniLM)")
+    print("Pre-training text = question + ' ' + answer of the train split. These are NOT real captions.")
+    train_stage("pretrain", pretrain_config(sizes, seed, text_dir), dirs["pretrain"], runs["pretrain"])
+    pretrained = runs["pretrain"] / "best"
+    jobs = {
+        "m3ae": ("fine-tune VQA from the pre-trained model", pretrained, "pixels", dirs["vqa"]),
+        "scratch": ("the same fine-tune from the model before pre-training", None, "pixels", dirs["vqa"]),
+        "blank_images": ("the pre-trained model fine-tuned on blank (black) images", pretrained, "pixels",
+                         dirs["blank"]),
+        "question_only": ("the pre-trained text tower + head, no image input", pretrained, "none", dirs["vqa"]),
+    }
+    for row, (title, start, image_input, data) in jobs.items():
+        clock(f"{row}{tag}", f"3-4/6 {title}{tag} (best epoch chosen on val)")
+        train_stage("finetune", finetune_config(sizes, seed, text_dir, start, image_input), data, runs[row])
+    return runs
+
+
+def score_rows(runs: dict[str, Path], dirs: dict[str, Path], precision: str
+               ) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Per-question test records of every row (the majority baseline included) and the majority answer."""
+    records = {row: predict_split(runs[row] / "best", dirs["blank" if row == "blank_images" else "vqa"], "test",
+                                  precision) for row in RUN_FOLDERS}
+    majority_answer, records["majority"] = majority_baseline(dirs["vqa"], records["m3ae"])
+    return {row: records[row] for row in ROWS}, majority_answer
+
+
+def mean_table(tables: list[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
+    """Mean and sd (over seeds) of every row and metric."""
+    from m3ae.metrics import mean_sd
+
+    mean = {row: {} for row in tables[0]}
+    sd = {row: {} for row in tables[0]}
+    for row in tables[0]:
+        for key in tables[0][row]:
+            mean[row][key], sd[row][key] = mean_sd([t[row][key] for t in tables])
+    return mean, sd
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `m3ae demo`."""
+    from m3ae.hardware import describe, resolve_precision
+
     clock = StageClock()
     sizes = demo_sizes(args)
     src, text_dir, out = find_src(args.src), minilm_folder(), args.out
     clear_out(out)
-    threads = choose_threads(getattr(args, "threads", None))
+    threads, why = choose_threads(getattr(args, "threads", None))
     torch.set_num_threads(threads)
-    print(f"m3ae demo: {'QUICK (CI) ' if args.quick else ''}run into {out}/ from {src}/; "
-          f"pre-train {sizes.pretrain_steps} steps, fine-tune {sizes.finetune_epochs} epoch(s), "
-          f"seed {args.seed}, "
-          f"{threads} torch thread(s) (load average {os.getloadavg()[0]:.1f}; --threads to change)")
+    precision = resolve_precision(sizes.precision, "cpu")
+    seeds = args.seeds or [args.seed]
+    print(f"m3ae demo: {'QUICK (CI) ' if args.quick else ''}run into {out}/ from {src}/; seed(s) {seeds}; "
+          f"{threads} torch thread(s) from {why}; {describe()}")
+    print(f"precision: {precision.name} ({precision.reason})")
     print("Protocol: clean. Model selection uses a validation split held out from train (by image); "
           "the answer list comes from train only; the test split is used once, at the end.")
 
     clock("prepare", "1/6 prepare VQA-RAD (clean protocol), its blank-image twin and the pre-training pairs")
     dirs = prepare_all(src, out, sizes, image_size=DEMO_IMAGE_SIZE, seed=args.seed)
+    clock("plan", "time budget: measure this machine, then fit the lengths to the budget")
+    sizes, plan = make_plan(args, sizes, dirs, text_dir, clock.total)
+    if plan is None:
+        print(f"lengths as given: pre-train {sizes.pretrain_steps} steps, fine-tune "
+              f"{sizes.finetune_epochs:g} epoch(s){' (capped at %d steps)' % sizes.finetune_max_steps if sizes.finetune_max_steps else ''}")
 
-    clock("pretrain", "2/6 pre-train m3ae-small (MLM + MIM + ITM; ViT from scratch, "
-                      "text tower = pretrained MiniLM)")
-    print("Pre-training text = question + ' ' + answer of the train split. These are NOT real captions.")
-    runs = {"pretrain": out / "pretrain", "finetune": out / "finetune", "blank": out / "finetune_blank"}
-    train_stage("pretrain", pretrain_config(sizes, args.seed, text_dir), dirs["pretrain"], runs["pretrain"])
-
-    clock("finetune", "3/6 fine-tune VQA from the pre-trained model (best epoch chosen on val)")
-    ft_config = finetune_config(sizes, args.seed, text_dir, runs["pretrain"] / "best")
-    train_stage("finetune", ft_config, dirs["vqa"], runs["finetune"])
-
-    clock("finetune_blank", "4/6 baseline: the same pre-trained model fine-tuned with blank (black) images")
-    train_stage("finetune", ft_config, dirs["blank"], runs["blank"])
-
-    clock("evaluate", "5/6 per-question predictions on the test split, baselines and pictures")
-    records = {"M3AE": predict_split(runs["finetune"] / "best", dirs["vqa"], "test", sizes.precision),
-               "blank images": predict_split(runs["blank"] / "best", dirs["blank"], "test", sizes.precision)}
-    majority_answer, records["majority"] = majority_baseline(dirs["vqa"], records["M3AE"])
-    table = {f"majority answer ('{majority_answer}', from train)": scores(records["majority"]),
-             "M3AE fine-tuned, blank images": scores(records["blank images"]),
-             "M3AE (pre-trained + fine-tuned)": scores(records["M3AE"])}
-    check_metrics(table)
+    tables, all_runs = [], {}
+    for seed in seeds:
+        tag = f" [seed {seed}]" if len(seeds) > 1 else ""
+        seed_out = out / f"seed_{seed}" if len(seeds) > 1 else out
+        runs = train_rows(seed_out, sizes, seed, text_dir, dirs, clock, tag)
+        clock(f"evaluate{tag}", f"5/6 per-question predictions on the test split{tag}")
+        records, majority_answer = score_rows(runs, dirs, sizes.precision)
+        table = {row: scores(rows) for row, rows in records.items()}
+        check_metrics(table)
+        tables.append(table)
+        all_runs[seed] = (runs, records)
+        if len(seeds) > 1:
+            print(results_table(table, majority_answer))
+    runs, records = all_runs[seeds[0]]
+    clock("report", "6/6 pictures and results")
     figures = draw_figures(out, src, dirs, runs, records, sizes.min_type_count)
-
-    clock("report", "6/6 results")
+    mean, sd = mean_table(tables) if len(tables) > 1 else (tables[0], None)
     clock.stop()
-    write_report(out, sizes, args, table, figures, runs["finetune"], dirs, clock)
-    print(results_table(table))
-    print(f"\nVQA-RAD test split, {len(records['M3AE'])} questions (clean protocol); accuracy in %; "
-          "open/closed from VQA-RAD's answer_type; an answer outside the train answer list counts as wrong.")
-    print(f"Wall time per stage (s): {clock.times}; total {clock.total:.0f} s "
+    write_report(out, sizes, args, mean, sd, tables, seeds, figures, runs["m3ae"], dirs, clock, plan, precision)
+    print(results_table(mean, majority_answer, sd))
+    print(f"\nVQA-RAD test split, {len(records['m3ae'])} questions (clean protocol); accuracy in %"
+          f"{'; mean ± sd over seeds ' + str(seeds) if sd else ''}; open/closed from VQA-RAD's answer_type; "
+          "an answer outside the train answer list counts as wrong.")
+    print(f"Wall time per stage (s): {clock.times}; total {clock.total:.0f} s = {clock.total / 60:.1f} min "
           f"(CPU time {clock.cpu_total:.0f} s over {torch.get_num_threads()} threads)")
     print(f"Outputs in {out}/: results.md, reconstructions.png, training_curves.png, "
-          f"accuracy_by_question_type.png; the fine-tuned model is {runs['finetune'] / 'best'} "
-          f"(try: m3ae predict --model {runs['finetune'] / 'best'} --image IMG --question TEXT)")
+          f"accuracy_by_question_type.png; the fine-tuned model is {runs['m3ae'] / 'best'} "
+          f"(try: m3ae predict --model {runs['m3ae'] / 'best'} --image IMG --question TEXT)")
     return 0
 
 
@@ -521,41 +786,45 @@ def draw_figures(out: Path, src: Path, dirs: dict[str, Path], runs: dict[str, Pa
 
     figures = {"reconstructions": reconstruction_figure(runs["pretrain"] / "best", src, dirs["vqa"],
                                                         out / "reconstructions.png")}
-    logs = {"pre-training": runs["pretrain"] / "log.jsonl", "fine-tuning": runs["finetune"] / "log.jsonl",
-            "fine-tuning, blank images": runs["blank"] / "log.jsonl"}
+    logs = {"pre-training": runs["pretrain"] / "log.jsonl",
+            **{f"fine-tuning: {row.replace('_', ' ')}": runs[row] / "log.jsonl" for row in RUN_FOLDERS}}
     figures["curves"] = viz.plot_training_curves({k: v for k, v in logs.items() if v.is_file()},
                                                  out / "training_curves.png")
     types = question_types(src)
-    by_type = {name: viz.accuracy_by_group([types.get(r["question_id"], "?") for r in rows],
-                                           [r["score"] for r in rows]) for name, rows in records.items()}
+    by_type = {row: viz.accuracy_by_group([types.get(r["question_id"], "?") for r in rows],
+                                          [r["score"] for r in rows]) for row, rows in records.items()}
     figures["question_types"] = viz.plot_accuracy_by_group(
         by_type, out / "accuracy_by_question_type.png", min_count=min_type_count,
         title=f"VQA-RAD test accuracy by question type (types with >= {min_type_count} questions)")
     (out / "accuracy_by_question_type.json").write_text(json.dumps(by_type, indent=2))
-    for name, rows in records.items():
-        slug = name.replace(" ", "_")
-        (out / f"predictions_{slug}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for row, rows in records.items():
+        (out / f"predictions_{row}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return figures
 
 
 def write_report(out: Path, sizes: DemoSizes, args: argparse.Namespace, table: dict[str, dict[str, float]],
-                 figures: dict[str, Path], ft_run: Path, dirs: dict[str, Path], clock: StageClock) -> None:
+                 sd: dict | None, tables: list[dict], seeds: list[int], figures: dict[str, Path], ft_run: Path,
+                 dirs: dict[str, Path], clock: StageClock, plan: Plan | None, precision: Any) -> None:
     """results.json, results.md and the model card of the fine-tuned model."""
     from m3ae.data import read_summary
+    from m3ae.hardware import cpu_bf16
     from m3ae.model_card import current_command, write_model_card
 
     summary = read_summary(dirs["vqa"])
     results = {"metrics": table, "split": "test", "protocol": "clean", "quick": bool(args.quick),
+               "seeds": seeds, "metrics_sd": sd, "metrics_per_seed": dict(zip(map(str, seeds), tables)),
                "sizes": dataclasses.asdict(sizes), "seed": args.seed, "wall_time_s": clock.total,
+               "plan": dataclasses.asdict(plan) if plan else None, "budget_minutes": args.budget_minutes,
+               "precision": precision.name, "precision_reason": precision.reason, "cpu_bf16": cpu_bf16(),
                "stage_times_s": clock.times, "stage_cpu_s": clock.cpu_times, "cpu_time_s": clock.cpu_total,
                "threads": torch.get_num_threads(),
                "figures": {k: str(v) for k, v in figures.items()}, "data_summary": summary}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "results.md").write_text(
-        "# m3ae demo results (VQA-RAD test split, clean protocol)\n\n" + results_table(table) + "\n\n"
-        "Pre-training text was question + answer pairs of the train split, not real captions. "
+        "# m3ae demo results (VQA-RAD test split, clean protocol)\n\n" + results_table(table, sd=sd) + "\n\n"
+        + (f"Mean ± sd over seeds {seeds}.\n\n" if sd else "")
+        + "Pre-training text was question + answer pairs of the train split, not real captions. "
         "Research use only.\n")
-    model_metrics = table["M3AE (pre-trained + fine-tuned)"]
     write_model_card(ft_run / "best", {
         "name": "m3ae-small fine-tuned on VQA-RAD (demo)", "task": "vqa",
         "data": {"dataset": "vqa-rad", "protocol": summary.get("protocol", "clean"),
@@ -563,11 +832,12 @@ def write_report(out: Path, sizes: DemoSizes, args: argparse.Namespace, table: d
         "base_model": "m3ae-small: ViT from scratch + pretrained MiniLM-L6 text tower, pre-trained by the "
                       f"demo for {sizes.pretrain_steps} steps (MLM + MIM + ITM) on question+answer pairs of "
                       "the train split",
-        "metrics": model_metrics, "metrics_split": "test",
-        "training": {"finetune_epochs": sizes.finetune_epochs, "batch_size": sizes.finetune_batch_size,
-                     "lr": sizes.finetune_lr, "precision": sizes.precision,
-                     "lr_multipliers": f"fusion x5, heads x{sizes.finetune_head_multiplier:g}",
-                     "image_size": DEMO_IMAGE_SIZE, "max_text_len": sizes.max_text_len, "seed": args.seed},
+        "metrics": tables[0]["m3ae"], "metrics_split": "test",
+        "training": {"finetune_epochs": round(sizes.finetune_epochs, 2), "batch_size": sizes.finetune_batch_size,
+                     "lr": sizes.finetune_lr, "precision": f"{precision.name} ({precision.reason})",
+                     "loss": sizes.finetune_loss,
+                     "lr_multipliers": f"fusion and heads x{sizes.finetune_head_multiplier:g}",
+                     "image_size": DEMO_IMAGE_SIZE, "max_text_len": sizes.max_text_len, "seed": seeds[0]},
         "command": current_command(),
         "notes": "A demonstration model trained for minutes on CPU; far below the paper's numbers.",
     })

@@ -1,6 +1,7 @@
 """`m3ae demo`: the whole pipeline in --quick mode, and its small pure helpers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ EXPECTED_FILES = (
     "pretrain/log.jsonl", "pretrain/best/model.safetensors",
     "finetune/log.jsonl", "finetune/best/model.safetensors", "finetune/best/config.json",
     "finetune/best/README.md", "finetune_blank/best/model.safetensors",
+    "finetune_scratch/best/model.safetensors", "finetune_question_only/best/model.safetensors",
     "data/vqa_rad/summary.json", "data/vqa_rad_blank/summary.json", "data/pretrain/summary.json",
 )
 
@@ -72,7 +74,9 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for name in EXPECTED_FILES:
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
-    assert results["split"] == "test" and len(results["metrics"]) == 3
+    assert results["split"] == "test"
+    assert list(results["metrics"]) == ["majority", "question_only", "blank_images", "scratch", "m3ae"]
+    assert results["precision"] in ("fp32", "bf16")
     for method, metrics in results["metrics"].items():
         assert set(metrics) == {"open", "closed", "overall"}
         assert all(0.0 <= v <= 100.0 for v in metrics.values()), (method, metrics)
@@ -97,8 +101,38 @@ def test_demo_refuses_to_replace_a_foreign_folder(tmp_path):
     assert (tmp_path / "new" / demo.DEMO_MARKER).is_file()
 
 
-def test_choose_threads_respects_request_and_bounds():
-    assert demo.choose_threads(3) == 3
+def test_choose_threads_uses_the_cores_and_ignores_the_load_average(monkeypatch):
+    assert demo.choose_threads(3) == (3, "--threads")
     with pytest.raises(M3AEError):
         demo.choose_threads(0)
-    assert 1 <= demo.choose_threads(None) <= (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # a job that has just finished
+    assert demo.choose_threads(None)[0] == cores
+
+
+COSTS = demo.StepCosts(pretrain_step=1.8, finetune_step=0.8, question_only_step=0.4, eval_example=0.005)
+EVAL = {"val": 304, "test": 451}
+
+
+def test_budget_plan_keeps_the_full_lengths_on_a_fast_machine():
+    fast = demo.StepCosts(0.01, 0.01, 0.01, 0.0001)
+    plan = demo.plan_to_budget(fast, demo.FULL, 900, 86, EVAL, 30)
+    assert plan.scale == 1.0 and plan.fits
+    assert plan.pretrain_steps == demo.FULL.pretrain_steps
+    assert plan.finetune_steps == round(demo.FULL.finetune_epochs * 86)
+
+
+def test_budget_plan_scales_down_when_steps_are_slow():
+    """Measured step times that would overrun the budget shorten every row by the same share."""
+    plan = demo.plan_to_budget(COSTS, demo.FULL, 800, 86, EVAL, 30)
+    assert demo.MIN_SCALE <= plan.scale < 1.0 and plan.fits
+    assert plan.total_seconds <= 800
+    slower = demo.plan_to_budget(dataclasses.replace(COSTS, finetune_step=1.6), demo.FULL, 800, 86, EVAL, 30)
+    assert slower.scale < plan.scale and slower.finetune_steps < plan.finetune_steps
+    # one number of fine-tuning steps for every row, so the table compares like with like
+    assert set(plan.stage_seconds) == {"fixed", "pretrain", *demo.FINETUNE_ROWS}
+
+
+def test_budget_plan_says_when_even_the_minimum_does_not_fit():
+    plan = demo.plan_to_budget(dataclasses.replace(COSTS, pretrain_step=60.0), demo.FULL, 800, 86, EVAL, 30)
+    assert not plan.fits and plan.scale == demo.MIN_SCALE and plan.total_seconds > 800

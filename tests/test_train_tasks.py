@@ -202,3 +202,67 @@ def test_retrieval_score_matrix_equals_pairwise_encode():
                                    texts[t]["attention_mask"][None])
                 want = model.heads["irtr"](out.cls_feats).item()
                 assert scores[i, t].item() == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+def test_trimming_text_padding_changes_no_loss():
+    """The collator cuts columns that are padding in every row; the pre-training losses must not move."""
+    from m3ae.data.collate import trim_text_padding
+
+    model = tiny()
+    model.eval()
+    batch = pretrain_batch(model)
+    batch["attention_mask"][:, -3:] = 0  # the last three columns are padding everywhere
+    batch["mlm_labels"][:, -3:] = -100
+    trimmed = trim_text_padding(batch)
+    assert trimmed["input_ids"].shape[1] == LT - 3 and trimmed["mlm_labels"].shape[1] == LT - 3
+    task = PretrainTask()
+    torch.manual_seed(0)
+    full = task.losses(model, batch)
+    torch.manual_seed(0)
+    cut = task.losses(model, trimmed)
+    for key in full:
+        torch.testing.assert_close(cut[key], full[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_question_only_task_never_reads_the_image():
+    """image_input none: the logits do not depend on the pixels, and the vision tower gets no gradient."""
+    model = tiny(heads=("vqa",), num_answers=5)
+    model.eval()
+    batch = pretrain_batch(model)
+    batch["vqa_labels"] = torch.tensor([0, 1, 2, 3])
+    task = VQATask(image_input="none", loss="ce")
+    a = task.logits(model, batch)
+    batch["pixel_values"] = torch.randn_like(batch["pixel_values"])
+    torch.testing.assert_close(task.logits(model, batch), a)
+    task.losses(model, {**batch, "vqa_targets": torch.zeros(B, 5)})["loss"].backward()
+    assert all(p.grad is None for p in model.vision_encoder.parameters())
+    assert model.text_encoder.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_vqa_ce_loss_ignores_answers_outside_the_set():
+    from m3ae.models.losses import vqa_ce_loss
+
+    logits = torch.randn(3, 4)
+    labels = torch.tensor([1, -1, 3])
+    want = torch.nn.functional.cross_entropy(logits[[0, 2]], labels[[0, 2]])
+    torch.testing.assert_close(vqa_ce_loss(logits, labels), want)
+    assert float(vqa_ce_loss(logits, torch.tensor([-1, -1, -1]))) == 0.0
+    with pytest.raises(M3AEError):
+        VQATask(loss="focal")
+
+
+def test_frozen_text_tower_gets_no_gradient_and_no_dropout():
+    model = tiny(heads=("vqa",), num_answers=5)
+    model.freeze("text_encoder")
+    model.train()
+    assert not model.text_encoder.training and model.fusion.training
+    batch = pretrain_batch(model)
+    a = model.embed_text(batch["input_ids"], batch["attention_mask"])
+    b = model.embed_text(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(a, b)  # no dropout inside the frozen tower
+    VQATask(loss="ce").losses(model, {**batch, "vqa_labels": torch.tensor([0, 1, 2, 3]),
+                                      "vqa_targets": torch.zeros(B, 5)})["loss"].backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert model.text_proj.weight.grad is not None and model.vision_encoder.patch_embed.weight.grad is not None
+    with pytest.raises(ValueError):
+        model.freeze("fusion")

@@ -52,12 +52,12 @@ def vqa_targets(labels: torch.Tensor, num_answers: int) -> torch.Tensor:
 class Collator:
     """Stack per-example tensors into the batch of ``task`` (a picklable callable for workers)."""
 
-    def __init__(self, task: str, num_answers: int | None = None) -> None:
+    def __init__(self, task: str, num_answers: int | None = None, trim_padding: bool = True) -> None:
         if task not in BATCH_KEYS:
             raise M3AEError(f"unknown task {task!r}; expected one of {tuple(BATCH_KEYS)}")
         if task == "vqa" and not num_answers:
             raise M3AEError("the vqa collator needs num_answers")
-        self.task, self.num_answers = task, num_answers
+        self.task, self.num_answers, self.trim_padding = task, num_answers, trim_padding
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -68,4 +68,21 @@ class Collator:
             batch[key] = torch.stack(values) if torch.is_tensor(values[0]) else torch.tensor(values)
         if self.task == "vqa":
             batch["vqa_targets"] = vqa_targets(batch["vqa_labels"], self.num_answers)
+        return trim_text_padding(batch) if self.trim_padding else batch
+
+
+TEXT_KEYS = ("input_ids", "attention_mask", "mlm_input_ids", "mlm_labels")
+
+
+def trim_text_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut the text columns that are padding in every row of the batch: [.., L_t] -> [.., L_max].
+
+    Exact: padded positions are masked out as attention keys everywhere, their MLM labels are
+    ignored, and position ids of real tokens do not change. VQA-RAD questions fill about half of
+    the 24-token budget, so this removes much of the text tower's work.
+    """
+    mask = batch["attention_mask"]
+    longest = int(mask.reshape(-1, mask.shape[-1]).sum(-1).max()) if mask.numel() else mask.shape[-1]
+    if longest >= mask.shape[-1]:
         return batch
+    return {k: v[..., :max(1, longest)] if k in TEXT_KEYS else v for k, v in batch.items()}

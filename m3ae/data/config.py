@@ -31,6 +31,8 @@ class DataConfig:
     """Random other captions per image for retrieval fine-tuning (N in input_ids [B, 1+N, L_t])."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    image_cache_mb: int = 512
+    """Decoded images kept in memory per dataset and process (0 = decode every time)."""
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.patch_size <= 0 or self.image_size % self.patch_size:
@@ -48,8 +50,8 @@ class DataConfig:
             raise M3AEError(
                 f"DataConfig: train_transform must be one of {TRAIN_TRANSFORMS} (got {self.train_transform!r})"
             )
-        if self.draw_false_text < 0 or self.num_workers < 0:
-            raise M3AEError("DataConfig: draw_false_text and num_workers must be >= 0")
+        if self.draw_false_text < 0 or self.num_workers < 0 or self.image_cache_mb < 0:
+            raise M3AEError("DataConfig: draw_false_text, num_workers and image_cache_mb must be >= 0")
 
     @property
     def num_patches(self) -> int:

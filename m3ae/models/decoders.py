@@ -101,5 +101,5 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, text_feats: torch.Tensor) -> torch.Tensor:
-        """[B, L_t, D] -> [B, L_t, V] logits."""
+        """[..., D] -> [..., V] logits (any leading shape: [B, L_t, D] or the [N, D] labelled positions)."""
         return self.decoder(self.transform(text_feats)) + self.bias

@@ -68,6 +68,11 @@ def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return _MaskedScale.apply(x, keep, 1.0 / (1.0 - p))
 
 
+BATCHED_ATTENTION_ELEMENTS = 1 << 20
+"""Score tensors up to this many elements (4 MiB in fp32) are computed for the whole batch at once;
+larger ones one batch row at a time, so that their temporaries stay small enough to be reused."""
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
 ) -> torch.Tensor:
@@ -96,6 +101,12 @@ def attention(
     if dropout_p == 0.0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scale = q.shape[-1] ** -0.5
+    if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= BATCHED_ATTENTION_ELEMENTS:
+        # small score tensors (the CPU demo's sizes): one batched pass, no Python loop over rows
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, h, N, M]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return torch.matmul(cpu_dropout(torch.softmax(scores, dim=-1), dropout_p), v)
     outs = []
     for i in range(q.shape[0]):
         scores = torch.matmul(q[i], k[i].transpose(-1, -2))  # [h, N, M]

@@ -10,16 +10,34 @@ from m3ae.models.config import ModelConfig
 from m3ae.models.decoders import MLMHead, PixelDecoder
 
 
+POOLINGS = ("cls", "mean")
+
+
 class Pooler(nn.Module):
-    """tanh(Linear(token 0)): BERT's pooler, one per stream."""
+    """tanh(Linear(summary token)): BERT's pooler, one per stream.
 
-    def __init__(self, width: int) -> None:
+    ``cls`` (the paper) summarises a stream by its first token; ``mean`` by the mean of its real
+    tokens. Both have the same parameters, so a checkpoint loads either way. With a few epochs of
+    fine-tuning, ``mean`` learns much faster (docs/learning.md).
+    """
+
+    def __init__(self, width: int, mode: str = "cls") -> None:
         super().__init__()
+        if mode not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {mode!r}")
         self.dense = nn.Linear(width, width)
+        self.mode = mode
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, N, D] -> [B, D]."""
-        return torch.tanh(self.dense(x[:, 0]))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N, D] (mask [B, N], 1 = real token, or None = all real) -> [B, D]."""
+        if self.mode == "cls":
+            summary = x[:, 0]
+        elif mask is None:
+            summary = x.mean(dim=1)
+        else:
+            weights = mask.to(x.dtype).unsqueeze(-1)  # [B, N, 1]
+            summary = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return torch.tanh(self.dense(summary))
 
 
 class ClassifierHead(nn.Module):

@@ -81,6 +81,16 @@ def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float()) * targets.shape[1]
 
 
+def vqa_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over the answer set: logits [B, A], labels [B] (-1 = outside, ignored).
+
+    Returns 0 (still connected to the graph) when every label in the batch is outside the set.
+    """
+    if not bool((labels >= 0).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels.long(), ignore_index=-1)
+
+
 def cls_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Classification cross-entropy: logits [B, K], labels [B]."""
     return F.cross_entropy(logits.float(), labels.long())

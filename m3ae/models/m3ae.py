@@ -77,6 +77,7 @@ class M3AE(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.frozen: tuple[str, ...] = ()
         d = config.width
         self.vision_encoder = VisionTransformer(config.vision)
         self.text_encoder = build_text_encoder(config.text)
@@ -84,7 +85,7 @@ class M3AE(nn.Module):
         self.text_proj = nn.Linear(config.text.hidden_size, d)
         self.modality_embed = nn.Embedding(2, d)
         self.fusion = CoAttentionFusion(config.fusion)
-        self.poolers = nn.ModuleDict({"text": Pooler(d), "image": Pooler(d)})
+        self.poolers = nn.ModuleDict({"text": Pooler(d, config.pooling), "image": Pooler(d, config.pooling)})
         self.heads = build_heads(config)
         for part in (
             self.vision_proj,
@@ -112,13 +113,23 @@ class M3AE(nn.Module):
         Returns:
             ImageEmbeds with embeds [B, 1+L_i', D] (and mask / ids_restore when masked).
         """
-        tokens, mask, ids_restore = self.vision_encoder(pixel_values, image_noise, mask_ratio)
+        with self._tower_grad("vision_encoder"):
+            tokens, mask, ids_restore = self.vision_encoder(pixel_values, image_noise, mask_ratio)
         embeds = self.vision_proj(tokens) + self.modality_embed.weight[IMAGE_TYPE]  # [B, 1+L_i', D]
         return ImageEmbeds(embeds, mask, ids_restore)
 
+    def empty_image(self, batch_size: int) -> ImageEmbeds:
+        """An image stream that carries no image: one token, the image modality row. # -> [B, 1, D]
+
+        The question-only baseline fuses the text with this instead of a picture, so it keeps the
+        same text tower, fusion, poolers and head as the full model but never runs the vision tower.
+        """
+        return ImageEmbeds(self.modality_embed.weight[IMAGE_TYPE].expand(batch_size, 1, -1))
+
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text tower + projection + text modality embedding: [B, L_t] -> [B, L_t, D]."""
-        feats = encode_text(self.text_encoder, input_ids, attention_mask)
+        with self._tower_grad("text_encoder"):
+            feats = encode_text(self.text_encoder, input_ids, attention_mask)
         return self.text_proj(feats) + self.modality_embed.weight[TEXT_TYPE]
 
     def encode(
@@ -151,14 +162,24 @@ class M3AE(nn.Module):
             raise ValueError(
                 "mask_ratio applies to pixel_values; mask in embed_image() when reusing image_embeds"
             )
-        elif isinstance(image_embeds, torch.Tensor):
-            image_embeds = ImageEmbeds(image_embeds)
-        text = self.embed_text(input_ids, attention_mask)
-        text, image, image_hidden = self.fusion(text, attention_mask, image_embeds.embeds)
-        cls_feats = torch.cat([self.poolers["text"](text), self.poolers["image"](image)], dim=-1)  # [B, 2D]
-        return EncoderOutput(
-            text, image, cls_feats, image_hidden, image_embeds.mask, image_embeds.ids_restore
-        )
+        return self.fuse(self.embed_text(input_ids, attention_mask), attention_mask, image_embeds)
+
+    def fuse(self, text: torch.Tensor, attention_mask: torch.Tensor,
+             image: ImageEmbeds | torch.Tensor) -> EncoderOutput:
+        """Co-attention fusion and the poolers on embedded streams: the second half of `encode`.
+
+        Lets a task run each tower once and reuse its output in several passes (pre-training).
+
+        Args:
+            text: [B, L_t, D] from `embed_text`; attention_mask: [B, L_t].
+            image: `ImageEmbeds` (or its [B, 1+L_i', D] tensor) from `embed_image` / `empty_image`.
+        """
+        if isinstance(image, torch.Tensor):
+            image = ImageEmbeds(image)
+        text, fused_image, image_hidden = self.fusion(text, attention_mask, image.embeds)
+        cls_feats = torch.cat([self.poolers["text"](text, attention_mask),
+                               self.poolers["image"](fused_image)], dim=-1)  # [B, 2D]
+        return EncoderOutput(text, fused_image, cls_feats, image_hidden, image.mask, image.ids_restore)
 
     def forward(
         self,
@@ -188,6 +209,33 @@ class M3AE(nn.Module):
             names.add("heads.mim.mask_token")
         own = dict(self.named_parameters())
         return {n for n in names if n in own}
+
+    FREEZABLE = ("vision_encoder", "text_encoder")
+
+    def freeze(self, *towers: str) -> None:
+        """Freeze towers: no gradients, eval mode (no dropout) even while the rest trains.
+
+        A frozen tower runs under no_grad, so its backward pass costs nothing: on a CPU this is what
+        makes fine-tuning with a pretrained text tower affordable (the demo).
+        """
+        unknown = sorted(set(towers) - set(self.FREEZABLE))
+        if unknown:
+            raise ValueError(f"cannot freeze {unknown}; freezable: {list(self.FREEZABLE)}")
+        self.frozen = tuple(dict.fromkeys((*self.frozen, *towers)))
+        for name in towers:
+            getattr(self, name).requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> M3AE:
+        """`nn.Module.train`, keeping frozen towers in eval mode."""
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
+
+    def _tower_grad(self, tower: str) -> torch.autograd.grad_mode.set_grad_enabled:
+        """No autograd graph through a frozen tower (nothing to back-propagate into)."""
+        return torch.set_grad_enabled(torch.is_grad_enabled() and tower not in self.frozen)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute vision, fusion and decoder block activations in backward to save memory."""

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from m3ae.errors import M3AEError
+from m3ae.hardware import PRECISIONS  # auto, fp32, bf16, fp16
 
 TASKS = ("pretrain", "vqa", "cls", "irtr")
-PRECISIONS = ("fp32", "bf16", "fp16")
 GROUPINGS = ("rule", "paper")
 
 
@@ -40,6 +40,8 @@ class ModelArgs:
     """Initialise the text tower from a local Hugging Face RoBERTa/BERT folder."""
     tokenizer: str | None = None
     """Tokenizer folder; None = the packaged RoBERTa files."""
+    freeze: list = field(default_factory=list)
+    """Towers to freeze (no gradients, no dropout): any of vision_encoder, text_encoder."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
     config: dict = field(default_factory=dict)
@@ -100,10 +102,20 @@ class TaskArgs:
     """Pre-training: share of image patches removed for MIM."""
     norm_pix_loss: bool = True
     """Pre-training: MIM targets normalised per patch (as the original)."""
+    image_input: str = "pixels"
+    """VQA/cls: "pixels" (the model) or "none" (question-only baseline: no vision tower, the image
+    stream is one token that carries no image)."""
+    loss: str = "paper"
+    """VQA: "paper" (BCE x answers, as the original) or "ce" (softmax cross-entropy over answers;
+    learns much faster in few epochs, see docs/learning.md)."""
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
             raise M3AEError(f"task.name must be one of {TASKS} (got {self.name!r})")
+        if self.image_input not in ("pixels", "none"):
+            raise M3AEError(f"task.image_input must be pixels or none (got {self.image_input!r})")
+        if self.loss not in ("paper", "ce"):
+            raise M3AEError(f"task.loss must be paper or ce (got {self.loss!r})")
 
 
 @dataclass
@@ -118,8 +130,9 @@ class TrainArgs:
     """Stop after this many optimisation steps (takes precedence over max_epochs)."""
     max_epochs: int | None = 10
     """Epochs to train when max_steps is None."""
-    precision: str = "fp32"
-    """fp32, bf16 (autocast, CPU or CUDA) or fp16 (CUDA only, with a GradScaler)."""
+    precision: str = "auto"
+    """auto (bf16 where the hardware runs it natively, fp16 on CUDA without bf16, else fp32), fp32,
+    bf16 (autocast, CPU or CUDA) or fp16 (CUDA only, with a GradScaler)."""
     seed: int = 0
     """Seed for initialisation, data order, masking and dropout."""
     log_every: int = 10

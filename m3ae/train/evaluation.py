@@ -75,7 +75,8 @@ def _gather_cat(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def evaluate_vqa(model: nn.Module, dataset: Dataset, batch_size: int = 32, precision: str = "fp32",
-                 progress: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+                 progress: bool = False, task: VQATask | None = None
+                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """VQA accuracy (open / closed / overall, percent) and the per-question predictions.
 
     Prediction = argmax over the answer logits; the answer type comes from the data.
@@ -83,7 +84,7 @@ def evaluate_vqa(model: nn.Module, dataset: Dataset, batch_size: int = 32, preci
     Returns:
         (metrics incl. ``loss``, ``{"question_id", "pred", "label", "answer_type"}`` tensors).
     """
-    task = VQATask()
+    task = task or VQATask()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("question_id", "pred", "label", "answer_type", "loss")}
     with eval_mode(model):
         for batch in _batches(model, dataset, batch_size, "eval vqa", progress):
@@ -105,9 +106,10 @@ def evaluate_vqa(model: nn.Module, dataset: Dataset, batch_size: int = 32, preci
 
 
 def evaluate_cls(model: nn.Module, dataset: Dataset, batch_size: int = 32, precision: str = "fp32",
-                 progress: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+                 progress: bool = False, task: ClassificationTask | None = None
+                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Classification accuracy and macro-F1 (percent) and the per-example predictions."""
-    task = ClassificationTask()
+    task = task or ClassificationTask()
     preds, labels, losses = [], [], []
     with eval_mode(model):
         for batch in _batches(model, dataset, batch_size, "eval cls", progress):

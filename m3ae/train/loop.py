@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from m3ae.errors import M3AEError
+from m3ae.hardware import resolve_precision
 from m3ae.train import distributed as D
 from m3ae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from m3ae.train.config import EvalArgs, OptimArgs, TrainArgs
@@ -90,7 +91,8 @@ def grad_accum_steps(batch_size: int, per_device_batch_size: int, world_size: in
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for bf16/fp16; fp16 needs CUDA (and a GradScaler, made by `fit`)."""
+    """Autocast for bf16/fp16 (``auto`` resolved for this device); fp16 needs CUDA (and a GradScaler)."""
+    precision = resolve_precision(precision, device).name
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
@@ -242,7 +244,8 @@ def fit(
     total = train.max_steps if train.max_steps is not None else steps_per_epoch * train.max_epochs
     warmup = warmup_steps_for(optim, total)
     optimizer = build_optimizer(model, optim)
-    scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
+    precision = resolve_precision(train.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if precision.name == "fp16" else None
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
     logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=train.tensorboard)
@@ -254,6 +257,8 @@ def fit(
                         "or choose another --out")
     if not resume:
         logger.truncate_after(0)  # a fresh run starts a fresh log
+    logger.log({"step": state.step, "precision": precision.name, "precision_reason": precision.reason},
+               prefix="run")
     if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
         meta = load_checkpoint(path, model, optimizer)
         state = _State(**meta["loop"])
@@ -312,7 +317,7 @@ def fit(
                 lr = optim.lr * factor  # the base group's lr (multiplied groups scale with it)
                 stats = train_step(
                     task, model, optimizer, window, step=state.step, seed=train.seed,
-                    precision=train.precision, device=device, scaler=scaler,
+                    precision=precision.name, device=device, scaler=scaler,
                     clip_grad_norm=optim.clip_grad_norm,
                 )
                 if stats.pop("nonfinite", 0.0):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from m3ae.errors import M3AEError
+from m3ae.hardware import resolve_precision
 from m3ae.metrics import mean_sd
 from m3ae.train import distributed as D
 from m3ae.train import evaluation as E
@@ -98,6 +99,11 @@ def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
                         f"({model.config.vision.patch_size})")
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if cfg.model.freeze:
+        try:
+            model.freeze(*cfg.model.freeze)
+        except ValueError as err:
+            raise M3AEError(f"model.freeze: {err}") from err
     return model
 
 
@@ -171,14 +177,26 @@ def _eval_dataset(cfg: RunConfig, data_dir: str | Path, split: str, tokenizer: A
     return make_dataset(data_dir, split, cfg.task.name, cfg.data, tokenizer, train=False, seed=cfg.train.seed)
 
 
+def task_options(task: Any) -> dict[str, Any]:
+    """The keyword options of ``make_task`` from a recipe's ``task`` section."""
+    if task.name == "pretrain":
+        return dict(mlm_weight=task.mlm_weight, mim_weight=task.mim_weight, itm_weight=task.itm_weight,
+                    mask_ratio=task.mask_ratio, norm_pix_loss=task.norm_pix_loss)
+    if task.name == "vqa":
+        return dict(image_input=task.image_input, loss=task.loss)
+    if task.name == "cls":
+        return dict(image_input=task.image_input)
+    return {}
+
+
 def evaluate_split(task: str, model: nn.Module, data: Any, cfg_eval: Any, precision: str,
                    task_obj: BaseTask | None = None, progress: bool = False) -> dict[str, float]:
     """Metrics of ``model`` on one prepared split (a dataset, or a retrieval pool)."""
     bs = cfg_eval.batch_size
     if task == "vqa":
-        return E.evaluate_vqa(model, data, bs, precision, progress)[0]
+        return E.evaluate_vqa(model, data, bs, precision, progress, task_obj)[0]
     if task == "cls":
-        return E.evaluate_cls(model, data, bs, precision, progress)[0]
+        return E.evaluate_cls(model, data, bs, precision, progress, task_obj)[0]
     if task == "irtr":
         return E.evaluate_retrieval(model, data, bs, cfg_eval.retrieval_text_batch, precision, progress)[0]
     return E.evaluate_pretrain(model, data, bs, precision, progress, task_obj)
@@ -191,6 +209,8 @@ def _extra_metadata(cfg: RunConfig, data_dir: str | Path, summary: dict[str, Any
 
     extra: dict[str, Any] = {"task": cfg.task.name, "data": cfg.data.to_dict(),
                              "dataset": summary.get("dataset"), "protocol": summary.get("protocol")}
+    if cfg.task.name in ("vqa", "cls"):
+        extra["image_input"] = cfg.task.image_input
     if cfg.task.name == "vqa":
         extra["answers"] = read_answers(data_dir)
     if cfg.task.name == "cls":
@@ -213,10 +233,7 @@ def train_run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume:
     tokenizer = load_tokenizer(tokenizer_path(cfg))
     model = build_model(cfg, summary)
     model.to(resolve_device(cfg.train.device))
-    task = make_task(task_name, **(
-        dict(mlm_weight=cfg.task.mlm_weight, mim_weight=cfg.task.mim_weight, itm_weight=cfg.task.itm_weight,
-             mask_ratio=cfg.task.mask_ratio, norm_pix_loss=cfg.task.norm_pix_loss)
-        if task_name == "pretrain" else {}))
+    task = make_task(task_name, **task_options(cfg.task))
 
     val_split = cfg.eval.val_split if _split_size(summary, cfg.eval.val_split) else None
     if cfg.eval.val_split and val_split is None:
@@ -241,9 +258,10 @@ def train_run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume:
     monitor = E.DEFAULT_MONITOR[task_name] if cfg.eval.monitor == "auto" else cfg.eval.monitor
     result = fit(task, model, loaders, cfg.optim, cfg.train, cfg.eval, run_dir=out_dir, resume=resume,
                  monitor=monitor, save_best=save_best, extra_state={"config": cfg.to_dict()})
+    precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
     report: dict[str, Any] = {
         "task": task_name, "dataset": summary.get("dataset"), "protocol": summary.get("protocol"),
-        "selected_on": val_split, "monitor": monitor, "best_step": result.best_step, "steps": result.steps,
+        "precision": precision.name, "precision_reason": precision.reason, "selected_on": val_split, "monitor": monitor, "best_step": result.best_step, "steps": result.steps,
         "val_is_test": bool(val_split and val_is_test(summary)),
     }
     test_split = cfg.eval.test_split if _split_size(summary, cfg.eval.test_split) else None
@@ -280,7 +298,8 @@ def _write_model_card(cfg: RunConfig, best_dir: Path, summary: dict[str, Any], r
         "training": {"lr": cfg.optim.lr, "lr_multipliers": cfg.optim.lr_multipliers,
                      "batch_size": cfg.train.batch_size, "steps": report.get("steps"),
                      "best_step": report.get("best_step"), "selected_on": report.get("selected_on"),
-                     "val_is_test": report.get("val_is_test"), "seed": cfg.train.seed},
+                     "val_is_test": report.get("val_is_test"), "seed": cfg.train.seed,
+                     "precision": f"{report.get('precision')} ({report.get('precision_reason')})"},
         "command": current_command(),
     })
 
@@ -338,7 +357,7 @@ def pretrain(config: RunConfig | str | Path | dict, data_dir: str | Path, out_di
 
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *, batch_size: int = 32,
-             precision: str = "fp32", device: str = "auto", out_dir: str | Path | None = None,
+             precision: str = "auto", device: str = "auto", out_dir: str | Path | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Evaluates a saved model folder on a split of a prepared folder; prints a summary table.
 
@@ -372,10 +391,12 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     if not _split_size(summary, split):
         raise M3AEError(f"{data_dir}: split {split!r} has no examples")
     tokenizer = load_tokenizer(str(model_dir) if _has_tokenizer(model_dir) else None)
-    cfg = RunConfig(data=data_cfg, task=replace(RunConfig().task, name=task))
+    task_args = replace(RunConfig().task, name=task, image_input=meta.get("image_input", "pixels"))
+    cfg = RunConfig(data=data_cfg, task=task_args)
     cfg.eval.batch_size = batch_size
     data = _eval_dataset(cfg, data_dir, split, tokenizer)
-    metrics = evaluate_split(task, model, data, cfg.eval, precision, progress=progress)
+    metrics = evaluate_split(task, model, data, cfg.eval, precision, make_task(task, **task_options(task_args)),
+                             progress=progress)
     report = {"task": task, "dataset": summary.get("dataset"), "split": split, "model": str(model_dir), **metrics}
     if D.dist_info().is_main:
         if out_dir is not None:

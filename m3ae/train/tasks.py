@@ -21,27 +21,24 @@ Scale = Callable[[torch.Tensor], torch.Tensor]
 
 
 def fuse(model: nn.Module, text: torch.Tensor, attention_mask: torch.Tensor, image: Any) -> Any:
-    """`M3AE.encode` after the two towers: co-attention fusion and poolers on given embeddings.
+    """`model.fuse`: fusion and poolers on embeddings a task computed once (see `M3AE.fuse`)."""
+    return model.fuse(text, attention_mask, image)
 
-    Lets a task run a tower once and reuse its output in several passes (tested against
-    `encode`, so it cannot drift from the model's forward).
+
+def mlm_loss_at_labels(model: nn.Module, text_feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """MLM cross-entropy with the vocabulary head applied to the labelled positions only.
+
+    The same loss as the head over every position ([B, L_t, V] logits) followed by the masked
+    mean, for about 15% of the work: the vocabulary projection is the largest matrix product of
+    pre-training at small widths.
 
     Args:
-        model: the M3AE model.
-        text: [B, L_t, D] output of `model.embed_text`.
-        attention_mask: [B, L_t].
-        image: `ImageEmbeds` or [B, 1+L_i', D] output of `model.embed_image`.
-
-    Returns:
-        The `EncoderOutput` that `encode` would return for the same inputs.
+        text_feats: [B, L_t, D] final text stream; labels: [B, L_t], -100 = not predicted.
     """
-    from m3ae.models.m3ae import EncoderOutput, ImageEmbeds
-
-    if isinstance(image, torch.Tensor):
-        image = ImageEmbeds(image)
-    text_feats, image_feats, image_hidden = model.fusion(text, attention_mask, image.embeds)
-    cls_feats = torch.cat([model.poolers["text"](text_feats), model.poolers["image"](image_feats)], dim=-1)
-    return EncoderOutput(text_feats, image_feats, cls_feats, image_hidden, image.mask, image.ids_restore)
+    chosen = labels != -100
+    if not bool(chosen.any()):
+        return text_feats.sum() * 0.0
+    return L.mlm_loss(model.heads["mlm"](text_feats[chosen]), labels[chosen])  # [N, V] vs [N]
 
 
 class BaseTask:
@@ -102,8 +99,7 @@ class PretrainTask(BaseTask):
         """Masked text + full image -> MLM cross-entropy on the masked positions."""
         text = model.embed_text(batch["mlm_input_ids"], batch["attention_mask"])  # [B, L_t, D]
         out = fuse(model, text, batch["attention_mask"], image)
-        logits = model.heads["mlm"](out.text_feats)  # [B, L_t, V]
-        return L.mlm_loss(logits, batch["mlm_labels"])
+        return mlm_loss_at_labels(model, out.text_feats, batch["mlm_labels"])
 
     def mim_pass(self, model: nn.Module, batch: Batch, text: torch.Tensor) -> torch.Tensor:
         """Full text + masked image -> pixel reconstruction loss on the removed patches."""
@@ -132,7 +128,7 @@ class PretrainTask(BaseTask):
         self.check_batch(batch)
         ids, mask, pix = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
         out = model.encode(pix, batch["mlm_input_ids"], mask)
-        mlm = L.mlm_loss(model.heads["mlm"](out.text_feats), batch["mlm_labels"])
+        mlm = mlm_loss_at_labels(model, out.text_feats, batch["mlm_labels"])
         out = model.encode(pix, ids, mask, image_noise=batch["image_noise"], mask_ratio=self.mask_ratio)
         pred = model.heads["mim"](model.mim_features(out), out.ids_restore)
         mim = L.mim_loss(pred, pix, out.image_mask, model.config.vision.patch_size, self.norm_pix_loss)
@@ -169,13 +165,27 @@ class PretrainTask(BaseTask):
         return {"loss": self._total(parts), **parts}
 
 
+IMAGE_INPUTS = ("pixels", "none")
+"""pixels: the image goes through the vision tower; none: question-only (`M3AE.empty_image`)."""
+
+
 class HeadOnJointFeatureTask(BaseTask):
-    """A head on ``cls_feats`` trained with one loss: what VQA and classification share."""
+    """A head on ``cls_feats`` trained with one loss: what VQA and classification share.
+
+    Args:
+        image_input: "pixels" (the model) or "none" (the text-only baseline: the same text tower,
+            fusion and head, with an image stream that carries no image).
+    """
 
     head: str
     """Key of ``model.heads``."""
     target_key: str
     """Batch key of the loss target."""
+
+    def __init__(self, image_input: str = "pixels") -> None:
+        if image_input not in IMAGE_INPUTS:
+            raise M3AEError(f"task.image_input must be one of {IMAGE_INPUTS} (got {image_input!r})")
+        self.image_input = image_input
 
     @staticmethod
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -183,7 +193,11 @@ class HeadOnJointFeatureTask(BaseTask):
 
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """[B, A] answer logits (VQA) or [B, K] class logits (classification)."""
-        out = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.image_input == "none":
+            out = model.encode(None, ids, mask, image_embeds=model.empty_image(ids.shape[0]))
+        else:
+            out = model.encode(batch["pixel_values"], ids, mask)
         return model.heads[self.head](out.cls_feats)
 
     def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
@@ -192,13 +206,38 @@ class HeadOnJointFeatureTask(BaseTask):
         return {"loss": self.loss_fn(self.logits(model, batch), batch[self.target_key])}
 
 
+VQA_LOSSES = ("paper", "ce")
+
+
 class VQATask(HeadOnJointFeatureTask):
-    """Med-VQA as classification over the closed answer set (BCE x A, as the original)."""
+    """Med-VQA as classification over the closed answer set.
+
+    Args:
+        image_input: see `HeadOnJointFeatureTask`.
+        loss: "paper" = BCE x A on the one-hot targets (the original); "ce" = softmax cross-entropy
+            on the answer index (questions whose answer is outside the set are left out of it).
+    """
 
     name = head = "vqa"
     target_key = "vqa_targets"
     batch_keys = ("pixel_values", "input_ids", "attention_mask", "vqa_targets")
     loss_fn = staticmethod(L.vqa_loss)
+
+    def __init__(self, image_input: str = "pixels", loss: str = "paper") -> None:
+        super().__init__(image_input)
+        if loss not in VQA_LOSSES:
+            raise M3AEError(f"task.loss must be one of {VQA_LOSSES} (got {loss!r})")
+        self.loss = loss
+        if loss == "ce":
+            self.batch_keys = (*self.batch_keys, "vqa_labels")
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """``{"loss": ...}``: the paper's BCE x A, or softmax cross-entropy over the answers."""
+        self.check_batch(batch)
+        logits = self.logits(model, batch)
+        if self.loss == "ce":
+            return {"loss": L.vqa_ce_loss(logits, batch["vqa_labels"])}
+        return {"loss": self.loss_fn(logits, batch[self.target_key])}
 
 
 class ClassificationTask(HeadOnJointFeatureTask):
@@ -238,11 +277,9 @@ class RetrievalTask(BaseTask):
         return {"loss": L.retrieval_loss(self.scores(model, batch))}
 
 
-def make_task(name: str, **kwargs: float) -> BaseTask:
-    """The task object for ``task.name`` (pretrain, vqa, cls, irtr)."""
-    if name == "pretrain":
-        return PretrainTask(**kwargs)
-    tasks = {"vqa": VQATask, "cls": ClassificationTask, "irtr": RetrievalTask}
+def make_task(name: str, **kwargs: Any) -> BaseTask:
+    """The task object for ``task.name`` (pretrain, vqa, cls, irtr) with its options."""
+    tasks = {"pretrain": PretrainTask, "vqa": VQATask, "cls": ClassificationTask, "irtr": RetrievalTask}
     if name not in tasks:
         raise M3AEError(f"unknown task {name!r}; choose among pretrain, vqa, cls, irtr")
-    return tasks[name]()
+    return tasks[name](**kwargs)

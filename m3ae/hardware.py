@@ -1,0 +1,77 @@
+"""What this machine can do: native bf16, the cores this process may use, and the precision to run at.
+
+Machines differ: on a CPU without native bf16 (no AVX512-BF16, no AMX) autocast to bf16 is
+emulated and was measured 3-5x *slower* than fp32 (a VQA step 3x, inference 5x), while on one with
+AMX it is faster. So precision is chosen from the hardware (`precision: auto`), never assumed.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Accepted by every command: auto = bf16 where native, fp16 on CUDA without bf16, else fp32."""
+
+_warned: set[str] = set()
+
+
+def cpu_bf16() -> bool:
+    """True when this CPU runs bf16 matrix work natively (AVX512-BF16 or AMX), by torch's own checks."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name)()) for name in checks if hasattr(cpu, name))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's count or its load."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision and why it was chosen (written to run logs and model cards)."""
+
+    name: str
+    """fp32, bf16 or fp16: what autocast runs."""
+    reason: str
+    """One sentence: what was asked and what the hardware has."""
+
+
+def resolve_precision(requested: str, device: str | torch.device = "cpu") -> Precision:
+    """``auto`` -> what this device runs fastest without losing accuracy; an explicit choice stays.
+
+    auto: bf16 on CUDA with bf16, fp16 (with loss scaling) on CUDA without it, bf16 on a CPU with
+    native bf16, fp32 otherwise. An explicit ``bf16`` on a CPU without native bf16 is kept but warns
+    once (it is emulated there and several times slower than fp32).
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+    kind = torch.device(device).type
+    if kind == "cuda":
+        has_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return (Precision("bf16", "auto: this CUDA device supports bf16") if has_bf16
+                    else Precision("fp16", "auto: this CUDA device lacks bf16, so fp16 with loss scaling"))
+        return Precision(requested, f"{requested} as asked")
+    native = cpu_bf16()
+    if requested == "auto":
+        return (Precision("bf16", "auto: this CPU has native bf16 (AVX512-BF16/AMX)") if native
+                else Precision("fp32", "auto: this CPU has no native bf16 (no AVX512-BF16/AMX); "
+                                       "emulated bf16 is several times slower than fp32"))
+    if requested == "bf16" and not native and "bf16-cpu" not in _warned:
+        _warned.add("bf16-cpu")
+        warnings.warn("precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): it is emulated and "
+                      "typically 3-5x slower than fp32; use precision auto or fp32", stacklevel=2)
+    return Precision(requested, f"{requested} as asked")
+
+
+def describe() -> str:
+    """One line for logs and benchmark output: cores, torch threads, CPU bf16 and load average."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{usable_cores()} usable core(s), {torch.get_num_threads()} torch thread(s), "
+            f"CPU native bf16: {'yes' if cpu_bf16() else 'no'}, load average {load:.2f}")
