@@ -16,7 +16,7 @@ from typing import Any
 
 from m3ae.errors import M3AEError
 
-HEAD_NAMES = ("mlm", "mim", "itm", "vqa", "cls", "irtr")
+HEAD_NAMES = ("mlm", "mim", "itm", "vqa", "cls", "irtr", "itc")
 """Every task head the model can carry, in the order they are built."""
 
 PRETRAIN_HEADS = ("mlm", "mim", "itm")
@@ -247,7 +247,7 @@ class ModelConfig:
     norm_pix_loss: bool = True
     """Normalise each target patch by its own mean/std before the MIM loss."""
     heads: tuple[str, ...] = PRETRAIN_HEADS
-    """Task heads to build, among mlm, mim, itm, vqa, cls, irtr."""
+    """Task heads to build, among mlm, mim, itm, vqa, cls, irtr, itc (dual-encoder projections)."""
     num_answers: int = 0
     """Answer-set size A of the VQA head (required when "vqa" in heads)."""
     num_classes: int = 0
