@@ -100,10 +100,16 @@ class TaskArgs:
     """Pre-training: share of image patches removed for MIM."""
     norm_pix_loss: bool = True
     """Pre-training: MIM targets normalised per patch (as the original)."""
+    itc_weight: float = 0.0
+    """Retrieval: weight of an added image-text contrastive loss (ALBEF's ITC) on the towers; > 0 builds
+    heads.itc, the dual encoder that two-stage retrieval ranks with (0 = the original's loss only)."""
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
             raise M3AEError(f"task.name must be one of {TASKS} (got {self.name!r})")
+        if self.itc_weight < 0 or (self.itc_weight and self.name != "irtr"):
+            raise M3AEError(f"task.itc_weight must be >= 0 and applies to irtr only (got {self.itc_weight} "
+                            f"for {self.name!r})")
 
 
 @dataclass
@@ -161,6 +167,17 @@ class EvalArgs:
     r_mean (retrieval), -loss (pre-training)."""
     retrieval_text_batch: int = 64
     """Retrieval: captions scored per forward pass against one image."""
+    retrieval: str = "full"
+    """Retrieval protocol: full (the original: the cross-encoder on every pair) or two-stage (the dual
+    encoder of heads.itc ranks every candidate, the cross-encoder re-ranks the top_k)."""
+    top_k: int = 128
+    """Two-stage retrieval: candidates per query that the cross-encoder re-ranks."""
+
+    def __post_init__(self) -> None:
+        if self.retrieval not in ("full", "two-stage"):
+            raise M3AEError(f"eval.retrieval must be full or two-stage (got {self.retrieval!r})")
+        if self.top_k < 1:
+            raise M3AEError(f"eval.top_k must be at least 1 (got {self.top_k})")
 
 
 @dataclass
