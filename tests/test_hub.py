@@ -4,7 +4,6 @@ folder's model files and nothing else."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
