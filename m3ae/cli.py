@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("m3ae.convert_cli", "convert an official M3AE Lightning checkpoint to the m3ae format"),
     "predict": ("m3ae.inference_cli", "answer a question about an image (PNG, JPEG, DICOM) with a VQA model"),
     "demo": ("m3ae.demo", "the whole pipeline on the bundled VQA-RAD data, on CPU, in minutes"),
+    "push": ("m3ae.hub_cli", "upload a model folder to the Hugging Face Hub (huggingface_hub)"),
+    "export": ("m3ae.export_cli", "export a model folder to ONNX (VQA logits and encoder features)"),
+    "embed": ("m3ae.embed", "write image, text and joint embeddings of a data set to Parquet"),
 }
 
 

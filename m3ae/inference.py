@@ -159,8 +159,12 @@ class VQAPipeline:
         self.preprocessing = preprocessing
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> VQAPipeline:
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
+                        allow_download: bool = False) -> VQAPipeline:
         """Load a model folder written by `M3AE.save_pretrained` (weights, config, answers, tokenizer).
+
+        ``model_dir`` may also be a Hub id ("org/name"), resolved through the local Hugging Face
+        cache; it is downloaded only when ``allow_download=True``.
 
         Raises:
             CheckpointError: a missing folder/file or an inconsistent folder.
@@ -169,7 +173,9 @@ class VQAPipeline:
         from m3ae.data import load_tokenizer
         from m3ae.models import M3AE
 
-        model_dir = Path(model_dir)
+        from m3ae.weights.hub import resolve_model_dir
+
+        model_dir = resolve_model_dir(model_dir, allow_download=allow_download)
         config = read_folder_config(model_dir)
         model = M3AE.from_pretrained(model_dir)
         if "vqa" not in model.heads:

@@ -82,17 +82,64 @@ def _metrics_section(metrics: Any, split: str | None) -> list[str]:
     return lines + _table(flat, ("metric", "value")) + [""]
 
 
-def _front_matter(info: dict[str, Any]) -> list[str]:
-    """YAML front matter in the Hugging Face model-card style (license, tags, datasets)."""
+# Hub pipeline tags (https://huggingface.co/docs/hub/model-cards): the Hub has no retrieval tag,
+# so retrieval models take CLIP's (zero-shot image classification = image-text matching).
+PIPELINE_TAGS = {"vqa": "visual-question-answering", "irtr": "zero-shot-image-classification",
+                 "cls": "image-classification", "pretrain": "feature-extraction"}
+TASK_NAMES = {"vqa": "Medical visual question answering", "irtr": "Image-text retrieval",
+              "cls": "Image-text classification", "pretrain": "Vision-language pre-training"}
+
+
+def _hub_base_model(base: Any) -> str | None:
+    """``base_model`` only when it names a Hub repository (org/name), not a local folder or preset."""
+    from m3ae.weights.hub import is_hub_id
+
+    return str(base) if base and is_hub_id(str(base)) else None
+
+
+def _model_index(info: dict[str, Any], dataset: str | None) -> list[dict[str, Any]]:
+    """The Hub's ``model-index``: the metrics with their values, task, dataset and split."""
+    metrics = info.get("metrics")
+    if not isinstance(metrics, dict):
+        return []
+    values = [{"type": k, "name": k, "value": round(float(v), 4)} for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not values:
+        return []
+    task = info.get("task") or "pretrain"
+    result = {"task": {"type": PIPELINE_TAGS.get(task, "other"), "name": TASK_NAMES.get(task, task)},
+              "dataset": {"name": dataset or "unknown", "type": dataset or "unknown",
+                          **({"split": info["metrics_split"]} if info.get("metrics_split") else {})},
+              "metrics": values}
+    return [{"name": str(info.get("name") or "M3AE model"), "results": [result]}]
+
+
+def front_matter(info: dict[str, Any]) -> dict[str, Any]:
+    """The YAML metadata block of the Hub's model-card specification, as a dict."""
     data = info.get("data")
     dataset = data.get("dataset") if isinstance(data, dict) else data
-    lines = ["---", f"license: {info.get('license', 'apache-2.0')}", "library_name: m3ae", "tags:",
-             "- medical", "- vision-language", "- m3ae"]
-    if info.get("task"):
-        lines.append(f"- {info['task']}")
+    task = info.get("task")
+    meta: dict[str, Any] = {"library_name": "m3ae", "license": info.get("license", "apache-2.0"),
+                            "tags": ["medical", "vision-language", "m3ae"] + ([task] if task else [])}
+    if task in PIPELINE_TAGS:
+        meta["pipeline_tag"] = PIPELINE_TAGS[task]
     if dataset:
-        lines += ["datasets:", f"- {dataset}"]
-    return lines + ["---", ""]
+        meta["datasets"] = [str(dataset)]
+    if _hub_base_model(info.get("base_model")):
+        meta["base_model"] = _hub_base_model(info.get("base_model"))
+    index = _model_index(info, str(dataset) if dataset else None)
+    if index:
+        meta["metrics"] = sorted({m["type"] for m in index[0]["results"][0]["metrics"]})
+        meta["model-index"] = index
+    return meta
+
+
+def _front_matter(info: dict[str, Any]) -> list[str]:
+    """The metadata block between ``---`` lines, written with a YAML library (always parseable)."""
+    import yaml
+
+    text = yaml.safe_dump(front_matter(info), sort_keys=False, allow_unicode=True).rstrip("\n")
+    return ["---", *text.split("\n"), "---", ""]
 
 
 def render_model_card(info: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from m3ae.errors import M3AEError
 
-HEAD_NAMES = ("mlm", "mim", "itm", "vqa", "cls", "irtr")
+HEAD_NAMES = ("mlm", "mim", "itm", "vqa", "cls", "irtr", "itc")
 """Every task head the model can carry, in the order they are built."""
 
 PRETRAIN_HEADS = ("mlm", "mim", "itm")
@@ -250,7 +250,7 @@ class ModelConfig:
     """How each stream's pooler summarises it: "cls" (first token, the paper) or "mean" (mean of the
     real tokens; same parameters, learns faster in short fine-tuning)."""
     heads: tuple[str, ...] = PRETRAIN_HEADS
-    """Task heads to build, among mlm, mim, itm, vqa, cls, irtr."""
+    """Task heads to build, among mlm, mim, itm, vqa, cls, irtr, itc (dual-encoder projections)."""
     num_answers: int = 0
     """Answer-set size A of the VQA head (required when "vqa" in heads)."""
     num_classes: int = 0

@@ -32,11 +32,14 @@ def _require(path: str | Path, what: str) -> Path:
 
 
 def _resolve_named(pretrained: str | Path) -> str | Path:
-    """A registered `arch.tag` -> its local file; paths pass through unchanged."""
+    """A registered `arch.tag` -> its local file; a Hub id -> its cached snapshot; paths unchanged."""
+    from m3ae.weights.hub import is_hub_id, resolve_model_dir
     from m3ae.weights.pretrained import PRETRAINED, resolve_pretrained
 
     if isinstance(pretrained, str) and pretrained in PRETRAINED and not Path(pretrained).exists():
         return resolve_pretrained(pretrained)
+    if is_hub_id(pretrained):
+        return resolve_model_dir(pretrained)  # the local Hugging Face cache only, never a download
     return pretrained
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +56,32 @@ class ClassifierHead(nn.Module):
         return self.fc2(F.gelu(self.norm(self.fc1(cls_feats))))
 
 
+ITC_INIT_TEMPERATURE = 0.07
+"""CLIP's and ALBEF's starting temperature of the contrastive logits."""
+
+
+class ITCHead(nn.Module):
+    """Dual-encoder projections for image-text contrastive learning (ALBEF's ITC).
+
+    Maps the CLS token of each stream *before* fusion to a shared space, so that images and
+    texts can be embedded independently and compared by a dot product; the cross-encoder
+    (``irtr`` on ``cls_feats``) then only re-ranks the best candidates. Only built when asked
+    (``"itc"`` in the heads), so checkpoints without it load strictly.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.image_proj = nn.Linear(width, width)
+        self.text_proj = nn.Linear(width, width)
+        # learned temperature in log space, as CLIP (a 0-dim tensor: never weight-decayed)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / ITC_INIT_TEMPERATURE)))
+
+    def forward(self, cls_token: torch.Tensor, stream: str) -> torch.Tensor:
+        """[B, D] CLS token of the "image" or "text" stream -> [B, D] unit-norm embedding."""
+        proj = self.image_proj if stream == "image" else self.text_proj
+        return F.normalize(proj(cls_token).float(), dim=-1)
+
+
 def build_heads(cfg: ModelConfig) -> nn.ModuleDict:
     """The task heads named in `cfg.heads`, in a ModuleDict keyed by name."""
     d = cfg.width
@@ -64,5 +92,6 @@ def build_heads(cfg: ModelConfig) -> nn.ModuleDict:
         "vqa": lambda: ClassifierHead(2 * d, cfg.num_answers),
         "cls": lambda: ClassifierHead(2 * d, cfg.num_classes),
         "irtr": lambda: nn.Linear(2 * d, 1),
+        "itc": lambda: ITCHead(d),
     }
     return nn.ModuleDict({name: makers[name]() for name in cfg.heads})

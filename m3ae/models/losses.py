@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -100,3 +102,20 @@ def retrieval_loss(scores: torch.Tensor) -> torch.Tensor:
     """Listwise retrieval loss: scores [B, 1+N] with the true caption at index 0."""
     target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
     return F.cross_entropy(scores.float(), target)
+
+
+def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of matched pairs (CLIP / ALBEF image-text contrastive loss).
+
+    Args:
+        image_embeds: [B, E] unit-norm image embeddings.
+        text_embeds: [B, E] unit-norm embeddings of each image's own caption (row i matches row i).
+        logit_scale: scalar log inverse temperature (clamped to at most log 100, as CLIP).
+
+    Returns:
+        scalar: mean of the image->text and text->image cross-entropies.
+    """
+    scale = logit_scale.clamp(max=math.log(100.0)).exp()
+    logits = scale * image_embeds.float() @ text_embeds.float().t()  # [B, B]
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

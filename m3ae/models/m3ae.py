@@ -193,6 +193,25 @@ class M3AE(nn.Module):
         """Same as `encode` (so that DDP and hooks see a normal forward call)."""
         return self.encode(pixel_values, input_ids, attention_mask, image_noise, mask_ratio, image_embeds)
 
+    # ------------------------------------------------------------------ dual encoder (no fusion)
+    def project_dual(self, cls_token: torch.Tensor, stream: str) -> torch.Tensor:
+        """A stream's CLS token before fusion -> its unit-norm dual-encoder embedding [B, D].
+
+        With an ``itc`` head (trained by the contrastive loss) this is its projection; without
+        one, the normalised CLS token itself (usable, but never trained to align the modalities).
+        """
+        if "itc" in self.heads:
+            return self.heads["itc"](cls_token, stream)
+        return torch.nn.functional.normalize(cls_token.float(), dim=-1)
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Image embeddings from the vision tower alone: [B, C, H, W] -> [B, D], unit norm."""
+        return self.project_dual(self.embed_image(pixel_values).embeds[:, 0], "image")
+
+    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text embeddings from the text tower alone: [B, L_t] -> [B, D], unit norm."""
+        return self.project_dual(self.embed_text(input_ids, attention_mask)[:, 0], "text")
+
     def mim_features(self, out: EncoderOutput) -> torch.Tensor:
         """The image-stream features the MIM decoder reads: `out.image_hidden[config.mim_layer]`."""
         return out.image_hidden[self.config.mim_layer]
@@ -266,9 +285,19 @@ class M3AE(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, image_size: int | None = None, map_location: str | torch.device = "cpu"
+        cls,
+        directory: str | Path,
+        image_size: int | None = None,
+        map_location: str | torch.device = "cpu",
+        allow_download: bool = False,
     ) -> M3AE:
-        """Load a folder written by `save_pretrained` (strict; positions resized to `image_size`)."""
+        """Load a folder written by `save_pretrained` (strict; positions resized to `image_size`).
+
+        ``directory`` may also be a Hub id ("org/name"), resolved through the local Hugging Face
+        cache; it is downloaded only when ``allow_download=True``.
+        """
+        from m3ae.weights.hub import resolve_model_dir
         from m3ae.weights.io import load_model
 
-        return load_model(directory, image_size=image_size, map_location=map_location)
+        folder = resolve_model_dir(directory, allow_download=allow_download)
+        return load_model(folder, image_size=image_size, map_location=map_location)

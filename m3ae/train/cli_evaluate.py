@@ -17,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="autocast precision of the forward passes (auto: bf16 where the hardware runs it natively, else fp32)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", metavar="DIR", help="also write metrics.json into this folder")
+    parser.add_argument("--retrieval", default="full", choices=("full", "two-stage"),
+                        help="retrieval protocol: full (the original, every pair through the cross-encoder) or "
+                             "two-stage (dual-encoder ranking, cross-encoder re-ranking of the top K)")
+    parser.add_argument("--top-k", type=int, default=128, metavar="K",
+                        help="two-stage retrieval: candidates per query re-ranked by the cross-encoder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
     from m3ae.train.runner import evaluate
 
     evaluate(args.model, args.data, args.split, batch_size=args.batch_size, precision=args.precision,
-             device=args.device, out_dir=args.out)
+             device=args.device, out_dir=args.out, retrieval=args.retrieval, top_k=args.top_k)
     return 0

@@ -108,6 +108,9 @@ class TaskArgs:
     loss: str = "paper"
     """VQA: "paper" (BCE x answers, as the original) or "ce" (softmax cross-entropy over answers;
     learns much faster in few epochs, see docs/learning.md)."""
+    itc_weight: float = 0.0
+    """Retrieval: weight of an added image-text contrastive loss (ALBEF's ITC) on the towers; > 0 builds
+    heads.itc, the dual encoder that two-stage retrieval ranks with (0 = the original's loss only)."""
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
@@ -116,6 +119,9 @@ class TaskArgs:
             raise M3AEError(f"task.image_input must be pixels or none (got {self.image_input!r})")
         if self.loss not in ("paper", "ce"):
             raise M3AEError(f"task.loss must be paper or ce (got {self.loss!r})")
+        if self.itc_weight < 0 or (self.itc_weight and self.name != "irtr"):
+            raise M3AEError(f"task.itc_weight must be >= 0 and applies to irtr only (got {self.itc_weight} "
+                            f"for {self.name!r})")
 
 
 @dataclass
@@ -174,6 +180,17 @@ class EvalArgs:
     r_mean (retrieval), -loss (pre-training)."""
     retrieval_text_batch: int = 64
     """Retrieval: captions scored per forward pass against one image."""
+    retrieval: str = "full"
+    """Retrieval protocol: full (the original: the cross-encoder on every pair) or two-stage (the dual
+    encoder of heads.itc ranks every candidate, the cross-encoder re-ranks the top_k)."""
+    top_k: int = 128
+    """Two-stage retrieval: candidates per query that the cross-encoder re-ranks."""
+
+    def __post_init__(self) -> None:
+        if self.retrieval not in ("full", "two-stage"):
+            raise M3AEError(f"eval.retrieval must be full or two-stage (got {self.retrieval!r})")
+        if self.top_k < 1:
+            raise M3AEError(f"eval.top_k must be at least 1 (got {self.top_k})")
 
 
 @dataclass

@@ -89,7 +89,7 @@ def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
     task = cfg.task.name
     model = create_model(
         _model_config(cfg), pretrained=cfg.model.pretrained, vision_weights=cfg.model.vision_weights,
-        text_weights=cfg.model.text_weights, heads=HEADS[task],
+        text_weights=cfg.model.text_weights, heads=HEADS[task] + (["itc"] if cfg.task.itc_weight else []),
         num_answers=summary.get("num_answers") if task == "vqa" else None,
         num_classes=summary.get("num_classes") if task == "cls" else None,
         image_size=cfg.data.image_size,
@@ -186,7 +186,7 @@ def task_options(task: Any) -> dict[str, Any]:
         return dict(image_input=task.image_input, loss=task.loss)
     if task.name == "cls":
         return dict(image_input=task.image_input)
-    return {}
+    return dict(itc_weight=task.itc_weight)  # irtr
 
 
 def evaluate_split(task: str, model: nn.Module, data: Any, cfg_eval: Any, precision: str,
@@ -197,6 +197,9 @@ def evaluate_split(task: str, model: nn.Module, data: Any, cfg_eval: Any, precis
         return E.evaluate_vqa(model, data, bs, precision, progress, task_obj)[0]
     if task == "cls":
         return E.evaluate_cls(model, data, bs, precision, progress, task_obj)[0]
+    if task == "irtr" and cfg_eval.retrieval == "two-stage":
+        return E.evaluate_retrieval_two_stage(model, data, cfg_eval.top_k, bs, cfg_eval.retrieval_text_batch,
+                                              precision, progress)[0]
     if task == "irtr":
         return E.evaluate_retrieval(model, data, bs, cfg_eval.retrieval_text_batch, precision, progress)[0]
     return E.evaluate_pretrain(model, data, bs, precision, progress, task_obj)
@@ -358,8 +361,11 @@ def pretrain(config: RunConfig | str | Path | dict, data_dir: str | Path, out_di
 
 def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *, batch_size: int = 32,
              precision: str = "auto", device: str = "auto", out_dir: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, retrieval: str = "full", top_k: int = 128) -> dict[str, Any]:
     """Evaluates a saved model folder on a split of a prepared folder; prints a summary table.
+
+    Retrieval models are scored with the original's full protocol unless ``retrieval="two-stage"``
+    (dual-encoder ranking, cross-encoder re-ranking of each query's ``top_k``).
 
     The task follows the model's heads (vqa, cls, irtr); the data pipeline settings are the ones
     stored with the model at fine-tuning time (``config.json`` "data"), else the defaults at the
@@ -393,7 +399,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     tokenizer = load_tokenizer(str(model_dir) if _has_tokenizer(model_dir) else None)
     task_args = replace(RunConfig().task, name=task, image_input=meta.get("image_input", "pixels"))
     cfg = RunConfig(data=data_cfg, task=task_args)
-    cfg.eval.batch_size = batch_size
+    cfg.eval = replace(cfg.eval, batch_size=batch_size, retrieval=retrieval, top_k=top_k)
     data = _eval_dataset(cfg, data_dir, split, tokenizer)
     metrics = evaluate_split(task, model, data, cfg.eval, precision, make_task(task, **task_options(task_args)),
                              progress=progress)

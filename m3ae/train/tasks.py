@@ -260,13 +260,14 @@ class RetrievalTask(BaseTask):
     name = "irtr"
     batch_keys = ("pixel_values", "input_ids", "attention_mask")
 
-    def scores(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """[B, 1+N] matching scores."""
+    def scores(self, model: nn.Module, batch: Batch, image: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 1+N] matching scores (``image``: the batch's [B, 1+L_i, D] embeddings, when at hand)."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if ids.ndim != 3:
             raise M3AEError(f"irtr task: input_ids must be [B, 1+N, L_t], got {tuple(ids.shape)}")
         b, n, lt = ids.shape
-        image = model.embed_image(batch["pixel_values"]).embeds  # [B, 1+L_i, D]
+        if image is None:
+            image = model.embed_image(batch["pixel_values"]).embeds  # [B, 1+L_i, D]
         image = image.repeat_interleave(n, dim=0)  # [B*(1+N), 1+L_i, D], rows follow ids.reshape
         out = model.encode(None, ids.reshape(b * n, lt), mask.reshape(b * n, lt), image_embeds=image)
         return model.heads["irtr"](out.cls_feats).reshape(b, n)  # [B*(1+N), 1] -> [B, 1+N]
@@ -277,8 +278,42 @@ class RetrievalTask(BaseTask):
         return {"loss": L.retrieval_loss(self.scores(model, batch))}
 
 
+class ContrastiveRetrievalTask(RetrievalTask):
+    """Retrieval fine-tuning plus ALBEF's image-text contrastive loss (ITC) on the towers.
+
+    The listwise cross-encoder loss of `RetrievalTask`, plus ``itc_weight`` x the symmetric
+    InfoNCE between the batch's images and their true captions, embedded by the towers alone
+    (``heads["itc"]``). The dual encoder this trains ranks a whole pool cheaply; the cross-encoder
+    re-ranks its top K (two-stage retrieval). Other images' captions in the batch are negatives.
+
+    Args:
+        itc_weight: weight of the contrastive loss.
+    """
+
+    batch_keys = ("pixel_values", "input_ids", "attention_mask")
+
+    def __init__(self, itc_weight: float = 1.0) -> None:
+        self.itc_weight = itc_weight
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """``{"loss", "irtr_loss", "itc_loss"}``; the vision tower runs once for both."""
+        self.check_batch(batch)
+        image = model.embed_image(batch["pixel_values"]).embeds  # [B, 1+L_i, D]
+        irtr = L.retrieval_loss(self.scores(model, batch, image))
+        ids, mask = batch["input_ids"][:, 0], batch["attention_mask"][:, 0]  # true captions [B, L_t]
+        text_cls = model.embed_text(ids, mask)[:, 0]  # [B, D]
+        itc = L.itc_loss(model.project_dual(image[:, 0], "image"), model.project_dual(text_cls, "text"),
+                         model.heads["itc"].logit_scale)
+        return {"loss": irtr + self.itc_weight * itc, "irtr_loss": irtr, "itc_loss": itc}
+
+
 def make_task(name: str, **kwargs: Any) -> BaseTask:
-    """The task object for ``task.name`` (pretrain, vqa, cls, irtr) with its options."""
+    """The task object for ``task.name`` (pretrain, vqa, cls, irtr) with its options; irtr with
+    ``itc_weight`` > 0 adds the contrastive loss."""
+    if name == "irtr":
+        itc_weight = kwargs.pop("itc_weight", 0.0)
+        if itc_weight:
+            return ContrastiveRetrievalTask(itc_weight=itc_weight)
     tasks = {"pretrain": PretrainTask, "vqa": VQATask, "cls": ClassificationTask, "irtr": RetrievalTask}
     if name not in tasks:
         raise M3AEError(f"unknown task {name!r}; choose among pretrain, vqa, cls, irtr")
