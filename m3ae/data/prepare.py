@@ -33,6 +33,8 @@ SPLITS = ("train", "val", "test")
 PROTOCOLS = ("paper", "clean")
 ON_ERROR = ("fail", "skip")
 ANSWER_TYPES = {"closed": 0, "open": 1}
+QUESTION_IDS_FILE = "question_ids.json"
+"""Integer question_id -> the custom data's original string id, when the ids were strings."""
 MIN_CAPTION_WORDS = 3
 """Upstream keeps ROCO/MedICaT texts of at least 3 words; 2-word texts are filtered (and counted)."""
 OUTSIDE_SET = -1
@@ -56,7 +58,10 @@ class RawExample:
     """Caption (pretrain/irtr), question (vqa) or text (cls)."""
     answer: Any = None
     answer_type: Any = None
-    question_id: int | None = None
+    question_id: int | str | None = None
+    """An integer once read; custom readers map string ids to integers (see ``question_key``)."""
+    question_key: str | None = None
+    """The original string id of a custom record whose ids are not integers ("q0_0")."""
     label_name: str | None = None
     label: int | None = None
     """Set by readers that already hold label ids (upstream arrows)."""
@@ -145,8 +150,12 @@ def validate_examples(splits: dict[str, list[RawExample]], opts: PrepareOptions,
                 if ex.answer is None:
                     issues.bad(split, "malformed_record", f"{ex.where}: no answer")
                     continue
-                # An empty answer string is kept: SLAKE train has one ("Does the picture contain
-                # liver?" -> ""), and upstream's 222 answers include "" as a class.
+                # The paper protocol of a named benchmark keeps an empty answer: SLAKE train has
+                # one ("Does the picture contain liver?" -> ""), and upstream's 222 answers include
+                # "" as a class. Anywhere else an empty answer is a data error, not a class.
+                if not str(ex.answer).strip() and (opts.protocol != "paper" or opts.dataset == "custom"):
+                    issues.bad(split, "empty_answer", f"{ex.where}: empty answer")
+                    continue
                 if not parse_answer_type(ex, issues):
                     continue
             kept.append(ex)
@@ -292,6 +301,7 @@ def write_prepared(
     issues: Issues,
     overwrite: bool = False,
     vocabulary: list[str] | None = None,
+    protected: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Validate, store and write a prepared folder atomically. Returns the summary.
 
@@ -302,10 +312,11 @@ def write_prepared(
         issues: the bad-input policy, shared with the reader so counts add up.
         overwrite: replace an existing ``out``.
         vocabulary: a fixed answer/label list (upstream arrows); computed by protocol when None.
+        protected: paths ``overwrite`` must never remove, by option (``{"--src": src}``).
     """
     if opts.protocol not in PROTOCOLS:
         raise M3AEError(f"--protocol must be one of {PROTOCOLS} (got {opts.protocol!r})")
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, protected) as tmp:
         validate_examples(splits, opts, issues)
         vocab_fn = answer_vocabulary if opts.task == "vqa" else label_vocabulary
         needs_vocab = vocabulary is None and opts.task in ("vqa", "cls")
@@ -331,6 +342,10 @@ def write_prepared(
                 info["outside_set"] = outside
             summary["splits"][split] = info
         summary["val_is_test"] = _same_examples(splits.get("val", []), splits.get("test", []))
+        keys = {ex.question_id: ex.question_key for exs in splits.values() for ex in exs if ex.question_key}
+        if keys:  # the user's string ids, so that predictions can be matched back to their records
+            write_json(tmp / QUESTION_IDS_FILE, {str(k): v for k, v in sorted(keys.items())})
+            summary["question_ids"] = QUESTION_IDS_FILE
         if opts.task == "vqa":
             write_json(tmp / ANSWERS_FILE, vocabulary)
         elif opts.task == "cls":

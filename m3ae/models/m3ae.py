@@ -218,9 +218,11 @@ class M3AE(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, image_size: int | None = None, map_location: str | torch.device = "cpu"
+        cls, directory: str | Path, image_size: int | None = None, map_location: str | torch.device = "cpu",
+        verify: bool = True,
     ) -> M3AE:
-        """Load a folder written by `save_pretrained` (strict; positions resized to `image_size`)."""
+        """Load a folder written by `save_pretrained` (strict; positions resized to `image_size`;
+        the weights' SHA-256 checked unless ``verify=False``; NaN/Inf weights refused)."""
         from m3ae.weights.io import load_model
 
-        return load_model(directory, image_size=image_size, map_location=map_location)
+        return load_model(directory, image_size=image_size, map_location=map_location, verify=verify)
