@@ -100,6 +100,8 @@ class PrepareOptions:
     image_format: str = "jpeg"
     seed: int = 42
     extra_summary: dict[str, Any] = field(default_factory=dict)
+    max_text_len: int = 32
+    """Texts longer than this many tokens (packaged tokenizer) are counted: training cuts them."""
 
 
 def clean_text(text: Any) -> str:
@@ -160,6 +162,20 @@ def validate_examples(splits: dict[str, list[RawExample]], opts: PrepareOptions,
                     continue
             kept.append(ex)
         splits[split] = kept
+
+
+def count_long_texts(splits: dict[str, list[RawExample]], max_text_len: int) -> dict[str, int]:
+    """Per split, how many texts the packaged RoBERTa tokenizer makes longer than ``max_text_len``
+    tokens (special tokens included): training and prediction keep only the first ones."""
+    from m3ae.data.text import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    counts = {}
+    for split, examples in splits.items():
+        texts = [ex.text for ex in examples]
+        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]] if texts else []
+        counts[split] = sum(n > max_text_len for n in lengths)
+    return counts
 
 
 def check_duplicates(splits: dict[str, list[RawExample]], key: str, issues: Issues) -> None:
@@ -328,6 +344,8 @@ def write_prepared(
             vocabulary = vocab_fn(splits, "clean")  # from the train examples that survived every check
         index = {name: i for i, name in enumerate(vocabulary)} if vocabulary is not None else None
         summary = _summary(opts, issues, vocabulary)
+        long_texts = count_long_texts(splits, opts.max_text_len)
+        summary["max_text_len_checked"] = opts.max_text_len
         for split in SPLITS:
             examples = splits.get(split, [])
             rows, outside = _rows(opts.task, examples, index)
@@ -337,6 +355,7 @@ def write_prepared(
                 "images": len({ex.image_id for ex in examples}),
                 "skipped": dict(issues.skipped.get(split, {})),
                 "filtered": dict(issues.filtered.get(split, {})),
+                "over_max_text_len": long_texts.get(split, 0),
             }
             if opts.task in ("vqa", "cls"):
                 info["outside_set"] = outside

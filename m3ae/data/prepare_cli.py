@@ -34,6 +34,7 @@ def prepare_dataset(
     eval_size: int | None = None,
     task: str | None = None,
     allow_outside_src: bool = False,
+    max_text_len: int = 32,
 ) -> dict[str, Any]:
     """Prepare one dataset; the Python face of ``m3ae prepare``. Returns the summary dict.
 
@@ -53,6 +54,7 @@ def prepare_dataset(
         eval_size: MedICaT val/test size (1000) or ROCO retrieval pool size (2000).
         task: custom caption files: "pretrain" (default) or "irtr".
         allow_outside_src: custom data may reference images outside the source folder.
+        max_text_len: count texts longer than this many tokens in summary.json (they get cut).
 
     Raises:
         FolderBusy: another process is preparing into ``out`` (one run per folder, locked for its life).
@@ -71,6 +73,8 @@ def prepare_dataset(
         check_output(out, overwrite, protected)  # before the (long) read, so a refusal comes at once
         if image_size is not None and image_size < 1:
             raise M3AEError(f"--image-size must be at least 1 (got {image_size})")
+        if max_text_len < 3:
+            raise M3AEError(f"--max-text-len must be at least 3 (got {max_text_len})")
         if image_format not in ("jpeg", "png"):
             raise M3AEError(f"--image-format must be jpeg or png (got {image_format!r})")
         issues = Issues(on_error)
@@ -104,7 +108,8 @@ def prepare_dataset(
             splits = spec.reader(src, protocol, seed, issues, **options)
         if task_name == "vqa" and not from_arrow:
             check_duplicates(splits, "question_id", issues)
-        opts = PrepareOptions(dataset, task_name, protocol, on_error, image_size, image_format, seed, extra)
+        opts = PrepareOptions(dataset, task_name, protocol, on_error, image_size, image_format, seed, extra,
+                              max_text_len)
         summary = write_prepared(out, splits, opts, issues, overwrite, vocabulary, protected)
         if spec.paper_num_answers and protocol == "paper" and not from_arrow:
             got = summary.get("num_answers", summary.get("num_classes"))
@@ -180,6 +185,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="custom data: allow image paths outside the source folder (absolute or ../ paths)",
     )
     parser.add_argument(
+        "--max-text-len",
+        type=int,
+        default=32,
+        help="count texts longer than N tokens in summary.json (training keeps only the first N)",
+    )
+    parser.add_argument(
         "--task",
         choices=("pretrain", "irtr"),
         default=None,
@@ -205,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         eval_size=args.eval_size,
         task=args.task,
         allow_outside_src=args.allow_outside_src,
+        max_text_len=args.max_text_len,
     )
     print(format_summary(summary, args.out))
     return 0
@@ -221,6 +233,8 @@ def format_summary(summary: dict[str, Any], out: str | Path) -> str:
             extra += f", filtered {info['filtered']}"
         if info.get("outside_set"):
             extra += f", {info['outside_set']} outside the answer set"
+        if info.get("over_max_text_len"):
+            extra += f", {info['over_max_text_len']} texts over {summary.get('max_text_len_checked')} tokens"
         lines.append(f"  {split}: {info['examples']} examples, {info['images']} images{extra}")
     if "num_answers" in summary:
         lines.append(f"  answers: {summary['num_answers']}")

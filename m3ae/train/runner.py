@@ -210,7 +210,8 @@ def train_run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume:
 
     check_device(cfg.train.device)
     out_dir = Path(out_dir)
-    lock = folder_lock(out_dir / LOCK_NAME, out_dir) if D.dist_info().is_main else contextlib.nullcontext()
+    is_main = D.init_distributed(cfg.train.device).is_main  # under torchrun only rank 0 takes the lock
+    lock = folder_lock(out_dir / LOCK_NAME, out_dir) if is_main else contextlib.nullcontext()
     with lock:
         return _train_locked(cfg, data_dir, out_dir, resume)
 
@@ -383,8 +384,10 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     """
     from m3ae.data import DataConfig, load_tokenizer, read_summary
     from m3ae.models import M3AE
+    from m3ae.guards import check_device
     from m3ae.weights.io import read_metadata
 
+    check_device(device, "--device")
     D.init_distributed(device)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
