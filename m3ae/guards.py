@@ -92,12 +92,15 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
     return _inside(Path(path), Path(folder))
 
 
-def check_replaceable(out: str | Path, protected: dict[str, str | Path] | None = None) -> None:
+def check_replaceable(out: str | Path, protected: dict[str, str | Path] | None = None,
+                      owned: bool | None = None) -> None:
     """Refuse to replace ``out`` unless m3ae wrote it and it holds nothing the run still needs.
 
     Args:
         out: the existing output folder ``--overwrite`` would replace.
         protected: paths that must survive, by the option that named them (e.g. {"--src": src}).
+        owned: whether m3ae wrote ``out``, when the caller knows better than the marker (folders
+            of older versions); None = ``OWNER_MARKER`` decides.
 
     Raises:
         M3AEError: ``out`` is a file, holds a protected path or the working directory, or lacks
@@ -111,7 +114,7 @@ def check_replaceable(out: str | Path, protected: dict[str, str | Path] | None =
     for option, path in (protected or {}).items():
         if _inside(Path(path), out):
             raise M3AEError(f"--out {out} holds {option} {path}; refusing to replace it (choose another --out)")
-    if not (out / OWNER_MARKER).is_file():
+    if not (owned if owned is not None else (out / OWNER_MARKER).is_file()):
         raise M3AEError(f"--out {out} was not written by m3ae (no {OWNER_MARKER}); refusing to replace it "
                         "with --overwrite: remove it yourself or choose another --out")
 
@@ -167,13 +170,13 @@ def check_device(name: str, option: str = "train.device") -> None:
     """
     import torch
 
-    kind, _, index = str(name).partition(":")
-    if kind == "auto" and not index or kind == "cpu" and not index:
+    if name in ("auto", "cpu"):
         return
-    if kind == "mps" and not index:
+    if name == "mps":
         if not torch.backends.mps.is_available():
             raise M3AEError(f"{option} is mps but no MPS device is available; use cpu")
         return
+    kind, _, index = str(name).partition(":")
     if kind != "cuda" or (index and not index.isdigit()):
         raise M3AEError(f"{option} must be auto, cpu, cuda or cuda:N (got {name!r})")
     if not torch.cuda.is_available():

@@ -228,15 +228,13 @@ def check_output(out: Path, overwrite: bool, protected: dict[str, Path] | None =
     Raises:
         M3AEError: ``out`` exists without ``overwrite``, or is not ours, or holds ``protected``.
     """
-    from m3ae.guards import OWNER_MARKER, check_replaceable
+    from m3ae.guards import check_replaceable
 
     if not out.exists() and not out.is_symlink():
         return
     if not overwrite:
         raise M3AEError(f"{out} already exists; pass --overwrite to replace it")
-    if out.is_dir() and not (out / OWNER_MARKER).is_file() and is_prepared_folder(out):
-        (out / OWNER_MARKER).touch()  # a folder of an older m3ae: adopt it before the common check
-    check_replaceable(out, protected)
+    check_replaceable(out, protected, owned=out.is_dir() and is_prepared_folder(out))
 
 
 @contextmanager

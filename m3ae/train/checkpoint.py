@@ -161,7 +161,8 @@ def save_checkpoint(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:07d}"
     tmp = ckpt_dir / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in ckpt_dir.glob(".tmp_step_*"):  # a killed run's half-written checkpoints; the run
+        shutil.rmtree(stale, ignore_errors=True)  # folder is locked, so no live writer owns them
     tmp.mkdir()
     opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
     rng_tensors, rng_meta = rng_state()

@@ -383,8 +383,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     model's image size.
     """
     from m3ae.data import DataConfig, load_tokenizer, read_summary
-    from m3ae.models import M3AE
     from m3ae.guards import check_device
+    from m3ae.models import M3AE
     from m3ae.weights.io import read_metadata
 
     check_device(device, "--device")
