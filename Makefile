@@ -19,8 +19,12 @@ $(STAMP): requirements.txt pyproject.toml
 test: setup
 	$(VENV)/bin/python -m pytest -q -rs
 
-demo: setup
-	$(VENV)/bin/m3ae demo
+# The demo prints how long set-up took (a fresh machine installs everything first) and its own wall time.
+demo:
+	@start=$$(date +%s); $(MAKE) --no-print-directory setup; \
+	echo "make demo: set-up took $$(( $$(date +%s) - start )) s"; \
+	start=$$(date +%s); $(VENV)/bin/m3ae demo $(DEMO_ARGS); code=$$?; \
+	echo "make demo: the demo took $$(( $$(date +%s) - start )) s"; exit $$code
 
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_data.py

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from m3ae.errors import M3AEError
 
@@ -46,6 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    """An error as one line: multi-line messages (key lists) joined, the type named when unclear."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, M3AEError) else f"{type(err).__name__}: {text}"
+
+
+def _run_command(name: str, module, args: argparse.Namespace) -> int:
+    """Run one subcommand; every failure is one line on stderr and exit code 2 (130 when
+    interrupted), with the traceback only under ``--debug`` or ``M3AE_DEBUG=1``."""
+    debug = args.debug or os.environ.get("M3AE_DEBUG", "") not in ("", "0")
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"m3ae {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place that turns any failure into a message
+        if debug:
+            traceback.print_exc()
+        # M3AEError: bad user input; OSError: disk full, permission denied: the user can act on both
+        if isinstance(err, (M3AEError, OSError)):
+            print(f"m3ae {name}: error: {_one_line(err)}", file=sys.stderr)
+        else:
+            hint = "" if debug else " (rerun with --debug or M3AE_DEBUG=1 for the traceback)"
+            print(f"m3ae {name}: error: unexpected {_one_line(err)}{hint}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. Callable from tests: returns the exit code instead of exiting."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -58,12 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(parser)
+        parser.add_argument("--debug", action="store_true",
+                            help="show the traceback of an error (same as M3AE_DEBUG=1)")
         args = parser.parse_args(argv[1:])
-        try:
-            return int(module.run(args) or 0)
-        except M3AEError as err:  # user-facing: a clear message, no traceback
-            print(f"m3ae {name}: error: {err}", file=sys.stderr)
-            return 2
+        return _run_command(name, module, args)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

@@ -7,8 +7,10 @@ table and every shape is checked. The report lists what was dropped and the infe
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from m3ae.errors import M3AEError
+from m3ae.errors import CheckpointError, DataError, M3AEError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="resize the vision position table to this input size (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--answers",
+        default=None,
+        metavar="FILE",
+        help="answer list of a fine-tuned VQA checkpoint, stored so that `m3ae predict` can name its "
+        "outputs: the answers.json of a prepared folder (a JSON list), or the original's label map "
+        "(a JSON object answer -> index)",
     )
     parser.add_argument(
         "--tokenizer",
@@ -41,11 +51,56 @@ def _load_tokenizer(path: str | None):
     return RobertaTokenizerFast(vocab_file=str(assets / "vocab.json"), merges_file=str(assets / "merges.txt"))
 
 
+def read_answer_list(path: str | Path) -> list[str]:
+    """Answers by VQA output index from a JSON list, or from a JSON object answer -> index.
+
+    Raises:
+        DataError: a missing or malformed file, or indices that are not exactly 0..N-1.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as err:
+        raise DataError(f"--answers {path}: cannot read ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    if isinstance(data, list) and all(isinstance(a, str) for a in data):
+        return data
+    if isinstance(data, dict) and all(isinstance(i, int) and not isinstance(i, bool) for i in data.values()):
+        if sorted(data.values()) != list(range(len(data))):
+            raise DataError(f"{path}: the answer -> index map must use each index 0..{len(data) - 1} once")
+        return [a for a, _ in sorted(data.items(), key=lambda item: item[1])]
+    raise DataError(f"{path}: expected a JSON list of answers or an object answer -> index")
+
+
+def _metadata(args: argparse.Namespace, model) -> dict:
+    """config.json extras: the source, and the answer list checked against the VQA head."""
+    extra: dict = {"source": str(args.src)}
+    if args.answers is None:
+        if "vqa" in model.config.heads:
+            print("note: no --answers given; `m3ae predict` needs the answer list of this VQA checkpoint "
+                  "(convert again with --answers FILE)")
+        return extra
+    if "vqa" not in model.config.heads:
+        raise M3AEError(f"--answers: {args.src} has no VQA head (heads {list(model.config.heads)})")
+    answers = read_answer_list(args.answers)
+    if len(answers) != model.config.num_answers:
+        raise M3AEError(f"--answers {args.answers} lists {len(answers)} answers but the VQA head of "
+                        f"{args.src} has {model.config.num_answers} outputs")
+    extra["answers"] = answers
+    return extra
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert, print the report, save. Returns the exit code."""
+    from m3ae.guards import nonfinite_keys
     from m3ae.weights.upstream import convert_checkpoint
 
     model, report = convert_checkpoint(args.src, image_size=args.image_size)
+    bad = nonfinite_keys(model.state_dict())
+    if bad:
+        raise CheckpointError(f"{args.src}: NaN/Inf in {len(bad)} tensor(s), e.g. {bad[:3]}; not converted")
+    extra = _metadata(args, model)
     for line in report.lines():
         print(line)
     try:
@@ -53,6 +108,6 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise M3AEError(f"cannot read tokenizer from {args.tokenizer}: {err}") from err
     n_params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(args.out_dir, tokenizer=tokenizer, extra={"source": str(args.src)})
+    model.save_pretrained(args.out_dir, tokenizer=tokenizer, extra=extra)
     print(f"wrote {args.out_dir} ({n_params / 1e6:.1f} M parameters, heads {list(model.config.heads)})")
     return 0

@@ -17,6 +17,7 @@ a calibrated probability of being right.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +84,13 @@ def preprocessing_from_config(config: dict[str, Any], model_image_size: int) -> 
     )
 
 
-def to_rgb_image(image: ImageInput) -> Image.Image:
+def to_rgb_image(image: ImageInput, frame: int | None = None) -> Image.Image:
     """Turn any supported input into an RGB PIL image, via the data pipeline's decoders.
 
     Args:
         image: a path (PNG 8/16 bit, JPEG, DICOM, ...), a PIL image of any mode, or an array
             [H, W] (grey) or [H, W, 3] (RGB); uint8, uint16 or float.
+        frame: the frame of a multi-frame DICOM (None = the middle one).
 
     Raises:
         DataError: for an unreadable file or an unsupported array.
@@ -99,7 +101,7 @@ def to_rgb_image(image: ImageInput) -> Image.Image:
         path = Path(image)
         if not path.is_file():
             raise DataError(f"{path}: image file not found")
-        return images.read_image_file(path)
+        return images.read_image_file(path, frame)
     if isinstance(image, np.ndarray):
         image = array_to_pil(image)
     if isinstance(image, Image.Image):
@@ -183,7 +185,10 @@ class VQAPipeline:
                             "predict needs a model fine-tuned for VQA, e.g. runs/demo/finetune/best")
         answers = config.get("answers")
         if not answers:
-            raise CheckpointError(f"{model_dir / 'config.json'} has no answer list ('answers')")
+            raise CheckpointError(
+                f"{model_dir / 'config.json'} has no answer list ('answers'), so VQA outputs cannot be named; "
+                "add one with `m3ae convert SRC.ckpt OUT_DIR --answers FILE` (the answers.json of the "
+                "prepared folder the model was fine-tuned on, or the original's label list)")
         tokenizer = load_tokenizer(model_dir if _has_tokenizer_files(model_dir) else None)
         pre = preprocessing_from_config(config, model.config.vision.image_size)
         return cls(model, tokenizer, answers, pre, device=device)
@@ -205,8 +210,13 @@ class VQAPipeline:
         for question in questions:
             if not isinstance(question, str) or not question.strip():
                 raise M3AEError("the question is empty: ask something about the image")
+        limit = self.preprocessing.max_text_len
+        for question, ids in zip(questions, self.tokenizer(list(questions))["input_ids"]):
+            if len(ids) > limit:  # the model never sees the tail: say so instead of answering silently
+                print(f"note: the question has {len(ids)} tokens; only the first {limit} are used: "
+                      f"{question[:60]!r}...", file=sys.stderr)
         enc = self.tokenizer(list(questions), padding="max_length", truncation=True,
-                             max_length=self.preprocessing.max_text_len, return_tensors="pt")
+                             max_length=limit, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     # ------------------------------------------------------------------------------- prediction
@@ -230,6 +240,9 @@ class VQAPipeline:
         text = self.tokenize(questions)
         pixel_values = torch.stack([self.preprocess_image(im) for im in images])  # [B, 3, H, W]
         probs = self.logits(pixel_values, **text).softmax(dim=-1)  # [B, A]
+        if not torch.isfinite(probs).all():  # never print NaN as if it were an answer
+            raise CheckpointError("the model produced non-finite scores (NaN or Inf): its weights are "
+                                  "corrupt or diverged; re-export or re-train the model")
         top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         return [[{"answer": self.answers[i], "probability": float(p)}
                  for p, i in zip(ps.tolist(), ids.tolist())]

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     one.add_argument("--image", type=Path, help="image file: PNG, JPEG or DICOM")
     one.add_argument("--question", help="the question, in English")
     one.add_argument("--top-k", type=int, default=5, help="how many answers to print")
+    parser.add_argument("--frame", type=int, default=None,
+                        help="frame of a multi-frame DICOM (default: the middle frame)")
     one.add_argument("--json", action="store_true", help="print the answers as JSON")
     many = parser.add_argument_group("many questions")
     many.add_argument("--input", type=Path, help="CSV with columns image, question")
@@ -41,6 +43,11 @@ def check_arguments(args: argparse.Namespace) -> str:
     Raises:
         M3AEError: on a missing or contradictory option.
     """
+    from m3ae.guards import check_device
+
+    check_device(args.device, "--device")
+    if args.frame is not None and args.frame < 0:
+        raise M3AEError(f"--frame must be >= 0 (got {args.frame})")
     single = args.image is not None or args.question is not None
     batch = args.input is not None or args.output is not None
     if single and batch:
@@ -103,9 +110,12 @@ def write_answers(path: Path, rows: list[dict[str, str]], columns: list[str]) ->
 
 def run_single(pipe, args: argparse.Namespace) -> int:
     """Answer one question and print the top-k answers."""
-    answers = pipe(args.image, args.question, top_k=args.top_k)
-    if args.json:
-        print(json.dumps({"image": str(args.image), "question": args.question, "answers": answers}, indent=2))
+    from m3ae.inference import to_rgb_image
+
+    answers = pipe(to_rgb_image(args.image, args.frame), args.question, top_k=args.top_k)
+    if args.json:  # allow_nan=False: the output is always valid JSON (the pipeline refuses NaN)
+        print(json.dumps({"image": str(args.image), "question": args.question, "answers": answers},
+                         indent=2, allow_nan=False))
         return 0
     print(f"Q: {args.question}")
     width = max(len(a["answer"]) for a in answers)
@@ -124,7 +134,7 @@ def run_batch(pipe, args: argparse.Namespace) -> int:
         images = []
         for row in chunk:  # decode one by one so that an error names its CSV line
             try:
-                images.append(to_rgb_image(row["_image_path"]))
+                images.append(to_rgb_image(row["_image_path"], args.frame))
             except M3AEError as err:
                 raise DataError(f"{args.input}:{row['_line']}: {err}") from None
         results = pipe.predict_batch(images, [r["question"] for r in chunk], top_k=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,10 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = 89_478_485
 """Decompression-bomb guard: the PIL default limit (about 89 M pixels); larger images are refused."""
+MAX_ASPECT_RATIO = 20.0
+"""Longest side / shortest side. Resizing the shorter side of a 1 x 2,000,000 image (4 KB as a
+PNG, well under MAX_PIXELS) to 384 px would allocate 768 G pixels; no medical image is that thin
+(panoramic dental X-rays are about 2.5:1)."""
 RRC_SCALE = (0.9, 1.0)
 """RandomResizedCrop area range used by the original `clip_resizedcrop` transform."""
 RRC_RATIO = (3 / 4, 4 / 3)
@@ -36,8 +41,39 @@ HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
 def is_dicom(data: bytes, name: str = "") -> bool:
-    """True for DICOM Part-10 bytes (the "DICM" magic) or a ``.dcm`` file name."""
-    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM" or name.lower().endswith(".dcm")
+    """True for DICOM Part-10 bytes (the "DICM" magic after the preamble), whatever the file is
+    called: a JPEG named ``.dcm`` is a JPEG. ``name`` is accepted for callers that pass it."""
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def check_size(width: int, height: int, source: str) -> None:
+    """The decode budget: at most ``MAX_PIXELS`` pixels and ``MAX_ASPECT_RATIO``, checked from the
+    header before any pixel is decoded or resized, so no input can make the pipeline allocate more."""
+    if width < 1 or height < 1:
+        raise DataError(f"{source}: {width}x{height} pixels: the image is empty")
+    if width * height > MAX_PIXELS:
+        raise DataError(f"{source}: {width}x{height} pixels exceeds the {MAX_PIXELS} limit "
+                        "(decompression-bomb guard)")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise DataError(f"{source}: {width}x{height} pixels: aspect ratio above the {MAX_ASPECT_RATIO:g}:1 "
+                        "limit (resizing it would exhaust memory)")
+
+
+_frame_note_shown = False  # the middle-frame default is said once per process, not per image
+
+
+def pick_frame(frames: int, frame: int | None, source: str) -> int:
+    """The frame of a multi-frame DICOM: ``frame`` when given, else the middle one (said once)."""
+    global _frame_note_shown
+    if frame is None:
+        frame = frames // 2
+        if not _frame_note_shown:
+            _frame_note_shown = True
+            print(f"note: {source} has {frames} frames; using the middle frame {frame} "
+                  "(choose another with --frame N)", file=sys.stderr)
+    if not 0 <= frame < frames:
+        raise DataError(f"{source}: frame {frame} requested but the DICOM has {frames} frames (0-{frames - 1})")
+    return frame
 
 
 def _window_to_uint8(array: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -90,11 +126,11 @@ def _dicom_window(ds, array: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def decode_dicom(data: bytes, source: str = "<dicom>", frame: int = 0) -> Image.Image:
+def decode_dicom(data: bytes, source: str = "<dicom>", frame: int | None = None) -> Image.Image:
     """Decode a DICOM to an RGB PIL image.
 
     Applies RescaleSlope/Intercept, the window from the tags (or a 0.5-99.5 percentile window),
-    inverts MONOCHROME1 and picks ``frame`` of a multi-frame file.
+    inverts MONOCHROME1 and picks ``frame`` of a multi-frame file (None = the middle frame).
     """
     import pydicom
 
@@ -105,11 +141,8 @@ def decode_dicom(data: bytes, source: str = "<dicom>", frame: int = 0) -> Image.
         raise DataError(f"{source}: cannot decode DICOM pixel data ({type(err).__name__}: {err})") from err
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
-        if not 0 <= frame < frames:
-            raise DataError(f"{source}: frame {frame} requested but the DICOM has {frames} frames")
-        array = array[frame]
-    if array.shape[0] * array.shape[1] > MAX_PIXELS:
-        raise DataError(f"{source}: {array.shape[1]}x{array.shape[0]} pixels exceeds the {MAX_PIXELS} limit")
+        array = array[pick_frame(frames, frame, source)]
+    check_size(int(array.shape[1]), int(array.shape[0]), source)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if samples == 3:  # colour DICOM (ultrasound, photos): pydicom already returns RGB
         return Image.fromarray(np.asarray(array, dtype=np.uint8))
@@ -122,31 +155,30 @@ def decode_dicom(data: bytes, source: str = "<dicom>", frame: int = 0) -> Image.
     return Image.fromarray(grey).convert("RGB")
 
 
-def decode_image(data: bytes, source: str = "<image>", frame: int = 0) -> Image.Image:
-    """Decode image bytes (PNG, JPEG, ..., or DICOM) to a fully loaded RGB PIL image.
+def decode_image(data: bytes, source: str = "<image>", frame: int | None = None) -> Image.Image:
+    """Decode image bytes (PNG, JPEG, ..., or DICOM, told apart by content) to a loaded RGB PIL image.
 
     Raises:
-        DataError: empty, truncated or undecodable bytes, an unsupported mode, or more than
-            ``MAX_PIXELS`` pixels. The message names ``source``.
+        DataError: empty, truncated or undecodable bytes, an unsupported mode, more than
+            ``MAX_PIXELS`` pixels or a side ratio above ``MAX_ASPECT_RATIO``. The message names ``source``.
     """
     if not data:
         raise DataError(f"{source}: empty image file (0 bytes)")
-    if is_dicom(data, source):
+    if is_dicom(data):
         return decode_dicom(data, source, frame)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_PIXELS:
-                raise DataError(
-                    f"{source}: {image.width}x{image.height} pixels exceeds the {MAX_PIXELS} limit "
-                    "(decompression-bomb guard)"
-                )
+            check_size(image.width, image.height, source)
             image.load()  # force the full decode now: truncated files fail here, not later
     except DataError:
         raise
+    except UnidentifiedImageError as err:
+        if source.lower().endswith(".dcm"):  # a DICOM without the Part-10 preamble: try pydicom
+            return decode_dicom(data, source, frame)
+        raise DataError(f"{source}: cannot decode image ({type(err).__name__}: {err})") from err
     except (
-        UnidentifiedImageError,
         OSError,
         SyntaxError,
         ValueError,
@@ -157,7 +189,7 @@ def decode_image(data: bytes, source: str = "<image>", frame: int = 0) -> Image.
     return to_rgb(image, source)
 
 
-def read_image_file(path: str | Path, frame: int = 0) -> Image.Image:
+def read_image_file(path: str | Path, frame: int | None = None) -> Image.Image:
     """Read and decode an image file; a missing file is a DataError naming it."""
     path = Path(path)
     try:
@@ -178,6 +210,7 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(size * long / short)
     new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    check_size(new_w, new_h, f"{w}x{h} image resized to shorter side {size}")  # PIL images given directly
     if (new_w, new_h) == (w, h):
         return image
     return image.resize((new_w, new_h), Image.BICUBIC)

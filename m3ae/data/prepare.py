@@ -33,6 +33,8 @@ SPLITS = ("train", "val", "test")
 PROTOCOLS = ("paper", "clean")
 ON_ERROR = ("fail", "skip")
 ANSWER_TYPES = {"closed": 0, "open": 1}
+QUESTION_IDS_FILE = "question_ids.json"
+"""Integer question_id -> the custom data's original string id, when the ids were strings."""
 MIN_CAPTION_WORDS = 3
 """Upstream keeps ROCO/MedICaT texts of at least 3 words; 2-word texts are filtered (and counted)."""
 OUTSIDE_SET = -1
@@ -56,7 +58,10 @@ class RawExample:
     """Caption (pretrain/irtr), question (vqa) or text (cls)."""
     answer: Any = None
     answer_type: Any = None
-    question_id: int | None = None
+    question_id: int | str | None = None
+    """An integer once read; custom readers map string ids to integers (see ``question_key``)."""
+    question_key: str | None = None
+    """The original string id of a custom record whose ids are not integers ("q0_0")."""
     label_name: str | None = None
     label: int | None = None
     """Set by readers that already hold label ids (upstream arrows)."""
@@ -95,6 +100,8 @@ class PrepareOptions:
     image_format: str = "jpeg"
     seed: int = 42
     extra_summary: dict[str, Any] = field(default_factory=dict)
+    max_text_len: int = 32
+    """Texts longer than this many tokens (packaged tokenizer) are counted: training cuts them."""
 
 
 def clean_text(text: Any) -> str:
@@ -145,12 +152,30 @@ def validate_examples(splits: dict[str, list[RawExample]], opts: PrepareOptions,
                 if ex.answer is None:
                     issues.bad(split, "malformed_record", f"{ex.where}: no answer")
                     continue
-                # An empty answer string is kept: SLAKE train has one ("Does the picture contain
-                # liver?" -> ""), and upstream's 222 answers include "" as a class.
+                # The paper protocol of a named benchmark keeps an empty answer: SLAKE train has
+                # one ("Does the picture contain liver?" -> ""), and upstream's 222 answers include
+                # "" as a class. Anywhere else an empty answer is a data error, not a class.
+                if not str(ex.answer).strip() and (opts.protocol != "paper" or opts.dataset == "custom"):
+                    issues.bad(split, "empty_answer", f"{ex.where}: empty answer")
+                    continue
                 if not parse_answer_type(ex, issues):
                     continue
             kept.append(ex)
         splits[split] = kept
+
+
+def count_long_texts(splits: dict[str, list[RawExample]], max_text_len: int) -> dict[str, int]:
+    """Per split, how many texts the packaged RoBERTa tokenizer makes longer than ``max_text_len``
+    tokens (special tokens included): training and prediction keep only the first ones."""
+    from m3ae.data.text import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    counts = {}
+    for split, examples in splits.items():
+        texts = [ex.text for ex in examples]
+        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]] if texts else []
+        counts[split] = sum(n > max_text_len for n in lengths)
+    return counts
 
 
 def check_duplicates(splits: dict[str, list[RawExample]], key: str, issues: Issues) -> None:
@@ -292,6 +317,7 @@ def write_prepared(
     issues: Issues,
     overwrite: bool = False,
     vocabulary: list[str] | None = None,
+    protected: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Validate, store and write a prepared folder atomically. Returns the summary.
 
@@ -302,10 +328,11 @@ def write_prepared(
         issues: the bad-input policy, shared with the reader so counts add up.
         overwrite: replace an existing ``out``.
         vocabulary: a fixed answer/label list (upstream arrows); computed by protocol when None.
+        protected: paths ``overwrite`` must never remove, by option (``{"--src": src}``).
     """
     if opts.protocol not in PROTOCOLS:
         raise M3AEError(f"--protocol must be one of {PROTOCOLS} (got {opts.protocol!r})")
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, protected) as tmp:
         validate_examples(splits, opts, issues)
         vocab_fn = answer_vocabulary if opts.task == "vqa" else label_vocabulary
         needs_vocab = vocabulary is None and opts.task in ("vqa", "cls")
@@ -317,6 +344,8 @@ def write_prepared(
             vocabulary = vocab_fn(splits, "clean")  # from the train examples that survived every check
         index = {name: i for i, name in enumerate(vocabulary)} if vocabulary is not None else None
         summary = _summary(opts, issues, vocabulary)
+        long_texts = count_long_texts(splits, opts.max_text_len)
+        summary["max_text_len_checked"] = opts.max_text_len
         for split in SPLITS:
             examples = splits.get(split, [])
             rows, outside = _rows(opts.task, examples, index)
@@ -326,11 +355,16 @@ def write_prepared(
                 "images": len({ex.image_id for ex in examples}),
                 "skipped": dict(issues.skipped.get(split, {})),
                 "filtered": dict(issues.filtered.get(split, {})),
+                "over_max_text_len": long_texts.get(split, 0),
             }
             if opts.task in ("vqa", "cls"):
                 info["outside_set"] = outside
             summary["splits"][split] = info
         summary["val_is_test"] = _same_examples(splits.get("val", []), splits.get("test", []))
+        keys = {ex.question_id: ex.question_key for exs in splits.values() for ex in exs if ex.question_key}
+        if keys:  # the user's string ids, so that predictions can be matched back to their records
+            write_json(tmp / QUESTION_IDS_FILE, {str(k): v for k, v in sorted(keys.items())})
+            summary["question_ids"] = QUESTION_IDS_FILE
         if opts.task == "vqa":
             write_json(tmp / ANSWERS_FILE, vocabulary)
         elif opts.task == "cls":

@@ -33,6 +33,8 @@ def prepare_dataset(
     references: str | Path | None = None,
     eval_size: int | None = None,
     task: str | None = None,
+    allow_outside_src: bool = False,
+    max_text_len: int = 32,
 ) -> dict[str, Any]:
     """Prepare one dataset; the Python face of ``m3ae prepare``. Returns the summary dict.
 
@@ -51,55 +53,71 @@ def prepare_dataset(
         references: ROCO: folder with MedICaT's roco_*_references.jsonl.
         eval_size: MedICaT val/test size (1000) or ROCO retrieval pool size (2000).
         task: custom caption files: "pretrain" (default) or "irtr".
+        allow_outside_src: custom data may reference images outside the source folder.
+        max_text_len: count texts longer than this many tokens in summary.json (they get cut).
+
+    Raises:
+        FolderBusy: another process is preparing into ``out`` (one run per folder, locked for its life).
     """
-    spec = get_spec(dataset)
+    from m3ae.data.storage import check_output
+    from m3ae.guards import folder_lock, sibling_lock_file
+
     src, out = Path(src), Path(out)
-    if src.is_file() and src.suffix == ".arrow":  # e.g. --src arrows/vqa_vqa_rad_train.arrow
-        src, from_arrow = src.parent, True
-    if not src.exists():
-        raise M3AEError(f"--src {src} does not exist (expected: {spec.layout})")
-    if image_format not in ("jpeg", "png"):
-        raise M3AEError(f"--image-format must be jpeg or png (got {image_format!r})")
-    issues = Issues(on_error)
-    vocabulary, extra = None, {}
-    task_name = spec.task
-    if from_arrow:
-        if dataset == "custom" or protocol != "paper":
-            raise M3AEError(
-                "--from-arrow reads the original (paper protocol) arrows of a named dataset; "
-                "use --protocol paper and a dataset other than custom"
-            )
-        splits, vocabulary = sources.read_upstream_arrows(src, dataset, spec.task, issues, label_column)
-        extra["from_arrow"] = True
-    elif dataset == "custom":
-        task_name, splits = sources.read_custom(src, protocol, seed, issues, task)
-    else:
-        options: dict[str, Any] = {}
-        if dataset == "melinda":
-            options["label_column"] = label_column
-            extra["label_column"] = label_column
-        if dataset == "roco":
-            ref = Path(references) if references else src / "references"
-            options["references"] = ref
-            extra["references"] = ref.is_dir()
-            if not ref.is_dir():
-                print(f"m3ae prepare: note: no MedICaT references at {ref}; ROCO texts are captions only")
-        if eval_size and dataset == "medicat":
-            options["eval_size"] = eval_size
-        if eval_size and dataset == "roco-retrieval":
-            options["pool_size"] = eval_size
-        splits = spec.reader(src, protocol, seed, issues, **options)
-    if task_name == "vqa" and not from_arrow:
-        check_duplicates(splits, "question_id", issues)
-    opts = PrepareOptions(dataset, task_name, protocol, on_error, image_size, image_format, seed, extra)
-    summary = write_prepared(out, splits, opts, issues, overwrite, vocabulary)
-    if spec.paper_num_answers and protocol == "paper" and not from_arrow:
-        got = summary.get("num_answers", summary.get("num_classes"))
-        if got != spec.paper_num_answers:
-            print(
-                f"m3ae prepare: note: {got} answers/classes; the original config expects {spec.paper_num_answers}"
-            )
-    return summary
+    with folder_lock(sibling_lock_file(out), out):  # next to out: the lock survives out's rename
+        spec = get_spec(dataset)
+        if src.is_file() and src.suffix == ".arrow":  # e.g. --src arrows/vqa_vqa_rad_train.arrow
+            src, from_arrow = src.parent, True
+        if not src.exists():
+            raise M3AEError(f"--src {src} does not exist (expected: {spec.layout})")
+        protected = {"--src": src} | ({"--references": Path(references)} if references else {})
+        check_output(out, overwrite, protected)  # before the (long) read, so a refusal comes at once
+        if image_size is not None and image_size < 1:
+            raise M3AEError(f"--image-size must be at least 1 (got {image_size})")
+        if max_text_len < 3:
+            raise M3AEError(f"--max-text-len must be at least 3 (got {max_text_len})")
+        if image_format not in ("jpeg", "png"):
+            raise M3AEError(f"--image-format must be jpeg or png (got {image_format!r})")
+        issues = Issues(on_error)
+        vocabulary, extra = None, {}
+        task_name = spec.task
+        if from_arrow:
+            if dataset == "custom" or protocol != "paper":
+                raise M3AEError(
+                    "--from-arrow reads the original (paper protocol) arrows of a named dataset; "
+                    "use --protocol paper and a dataset other than custom"
+                )
+            splits, vocabulary = sources.read_upstream_arrows(src, dataset, spec.task, issues, label_column)
+            extra["from_arrow"] = True
+        elif dataset == "custom":
+            task_name, splits = sources.read_custom(src, protocol, seed, issues, task, allow_outside_src)
+        else:
+            options: dict[str, Any] = {}
+            if dataset == "melinda":
+                options["label_column"] = label_column
+                extra["label_column"] = label_column
+            if dataset == "roco":
+                ref = Path(references) if references else src / "references"
+                options["references"] = ref
+                extra["references"] = ref.is_dir()
+                if not ref.is_dir():
+                    print(f"m3ae prepare: note: no MedICaT references at {ref}; ROCO texts are captions only")
+            if eval_size and dataset == "medicat":
+                options["eval_size"] = eval_size
+            if eval_size and dataset == "roco-retrieval":
+                options["pool_size"] = eval_size
+            splits = spec.reader(src, protocol, seed, issues, **options)
+        if task_name == "vqa" and not from_arrow:
+            check_duplicates(splits, "question_id", issues)
+        opts = PrepareOptions(dataset, task_name, protocol, on_error, image_size, image_format, seed, extra,
+                              max_text_len)
+        summary = write_prepared(out, splits, opts, issues, overwrite, vocabulary, protected)
+        if spec.paper_num_answers and protocol == "paper" and not from_arrow:
+            got = summary.get("num_answers", summary.get("num_classes"))
+            if got != spec.paper_num_answers:
+                print(
+                    f"m3ae prepare: note: {got} answers/classes; the original config expects {spec.paper_num_answers}"
+                )
+        return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +180,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="medicat: val and test size (1000); roco-retrieval: pool size (2000)",
     )
     parser.add_argument(
+        "--allow-outside-src",
+        action="store_true",
+        help="custom data: allow image paths outside the source folder (absolute or ../ paths)",
+    )
+    parser.add_argument(
+        "--max-text-len",
+        type=int,
+        default=32,
+        help="count texts longer than N tokens in summary.json (training keeps only the first N)",
+    )
+    parser.add_argument(
         "--task",
         choices=("pretrain", "irtr"),
         default=None,
@@ -186,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
         references=args.references,
         eval_size=args.eval_size,
         task=args.task,
+        allow_outside_src=args.allow_outside_src,
+        max_text_len=args.max_text_len,
     )
     print(format_summary(summary, args.out))
     return 0
@@ -202,6 +233,8 @@ def format_summary(summary: dict[str, Any], out: str | Path) -> str:
             extra += f", filtered {info['filtered']}"
         if info.get("outside_set"):
             extra += f", {info['outside_set']} outside the answer set"
+        if info.get("over_max_text_len"):
+            extra += f", {info['over_max_text_len']} texts over {summary.get('max_text_len_checked')} tokens"
         lines.append(f"  {split}: {info['examples']} examples, {info['images']} images{extra}")
     if "num_answers" in summary:
         lines.append(f"  answers: {summary['num_answers']}")

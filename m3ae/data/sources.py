@@ -15,6 +15,7 @@ from typing import Any
 
 from m3ae.data.prepare import SPLITS, Issues, RawExample, clean_text
 from m3ae.errors import DataError
+from m3ae.guards import is_inside
 
 VQA_RAD_VAL_FRACTION = 0.1
 """Clean protocol: share of VQA-RAD train images held out as validation."""
@@ -212,7 +213,8 @@ def _medicat_texts(sample: dict[str, Any]) -> list[str]:
 def read_jsonl(path: Path, split: str, issues: Issues) -> list[tuple[str, dict[str, Any]]]:
     """(where, object) for each non-empty line of a JSON-lines file; bad lines go through ``issues``."""
     out = []
-    for n, line in enumerate(_require(path, "JSON-lines file").read_text(encoding="utf-8").split("\n")):
+    # utf-8-sig: a byte-order mark (some Windows editors write one) is not part of the first line
+    for n, line in enumerate(_require(path, "JSON-lines file").read_text(encoding="utf-8-sig").split("\n")):
         if not line.strip():
             continue
         where = f"{path}:{n + 1}"
@@ -406,7 +408,7 @@ def _custom_records(path: Path, split: str, issues: Issues) -> list[tuple[str, d
     if path.suffix == ".jsonl":
         return read_jsonl(path, split, issues)
     records = []
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(fh)
         for row in reader:
             where = f"{path}:{reader.line_num}"
@@ -446,14 +448,56 @@ def custom_task(columns: set[str], task: str | None) -> str:
     )
 
 
+def _custom_image_path(rec: dict[str, Any], path: Path, root: Path, allow_outside: bool,
+                       where: str, split: str, issues: Issues) -> Path | None:
+    """The record's image path (relative to its file's folder), or None when it is bad input:
+    empty, or outside the source folder without ``--allow-outside-src`` (data files from
+    someone else must not make us read arbitrary files such as /etc or ../../secrets)."""
+    if not str(rec.get("image") or "").strip():
+        issues.bad(split, "malformed_record", f"{where}: no image path")
+        return None
+    image_path = Path(str(rec["image"]).strip())
+    image_path = image_path if image_path.is_absolute() else path.parent / image_path
+    if not allow_outside and not is_inside(image_path, root):
+        issues.bad(split, "outside_src", f"{where}: image {rec['image']!r} is outside the source folder "
+                   f"{root}; pass --allow-outside-src to read it")
+        return None
+    return image_path
+
+
+def _custom_question_ids(splits: dict[str, list[RawExample]]) -> None:
+    """Integer ids stay as they are; string ids ("q0_0") become integers in order of first use,
+    with the original kept in ``question_key`` (written to question_ids.json); in place."""
+    examples = [ex for split in SPLITS for ex in splits[split]]
+    if all(isinstance(ex.question_id, int) for ex in examples):
+        return
+    numbers: dict[Any, int] = {}
+    for ex in examples:
+        ex.question_key = str(ex.question_id)
+        ex.question_id = numbers.setdefault(ex.question_key, len(numbers))
+
+
+def _question_id(raw: Any, n: int) -> int | str:
+    """A custom record's id: an int when it reads as one, else the trimmed string; ``n`` if empty."""
+    text = str(raw if raw is not None else "").strip()
+    if not text:
+        return n
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def read_custom(
-    src: Path, protocol: str, seed: int, issues: Issues, task: str | None = None
+    src: Path, protocol: str, seed: int, issues: Issues, task: str | None = None, allow_outside_src: bool = False
 ) -> tuple[str, dict[str, list[RawExample]]]:
     """User data: CSV or JSONL with ``image`` plus caption / question+answer[+answer_type] / text+label.
 
-    Image paths are relative to the file's folder (or absolute). A single file needs a ``split``
-    column (train/val/test). Returns (task, splits).
+    Image paths are relative to the file's folder (or absolute) and must lie inside the source
+    folder unless ``allow_outside_src``. A single file needs a ``split`` column (train/val/test).
+    Question ids may be integers or strings. Returns (task, splits).
     """
+    root = src if src.is_dir() else src.parent
     splits: dict[str, list[RawExample]] = {s: [] for s in SPLITS}
     detected = None
     for file_split, path in _custom_files(src).items():
@@ -475,18 +519,16 @@ def read_custom(
                     f"{where}: columns describe a {kind} record but earlier records were {detected}"
                 )
             detected = kind
-            if not str(rec.get("image") or "").strip():
-                issues.bad(split, "malformed_record", f"{where}: no image path")
+            image_path = _custom_image_path(rec, path, root, allow_outside_src, where, split, issues)
+            if image_path is None:
                 continue
-            image_path = Path(str(rec["image"]).strip())
-            image_path = image_path if image_path.is_absolute() else path.parent / image_path
             ex = RawExample(
                 split=split, image_id=str(rec["image"]).strip(), where=where, image_path=image_path
             )
             if kind == "vqa":
                 ex.text, ex.answer = rec["question"], rec["answer"]
                 ex.answer_type = rec.get("answer_type") or "OPEN"
-                ex.question_id = int(rec["question_id"]) if str(rec.get("question_id") or "").strip() else n
+                ex.question_id = _question_id(rec.get("question_id"), n)
             elif kind == "cls":
                 ex.text, ex.label_name = rec["text"], str(rec["label"]).strip()
             else:
@@ -494,6 +536,7 @@ def read_custom(
             splits[split].append(ex)
     if detected is None:
         raise DataError(f"{src}: no records")
+    _custom_question_ids(splits)
     return detected, splits
 
 

@@ -209,22 +209,55 @@ class ImageStore:
         return self._columns[shard][row].as_py()
 
 
+def is_prepared_folder(folder: Path) -> bool:
+    """True for a folder `m3ae prepare` wrote: our marker, or (folders written before the marker
+    existed) a summary.json that carries ``m3ae_version``."""
+    from m3ae.guards import OWNER_MARKER
+
+    if (folder / OWNER_MARKER).is_file():
+        return True
+    try:
+        return "m3ae_version" in json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_output(out: Path, overwrite: bool, protected: dict[str, Path] | None = None) -> None:
+    """May ``out`` be written? Only if it is absent, or ``overwrite`` and m3ae wrote it.
+
+    Raises:
+        M3AEError: ``out`` exists without ``overwrite``, or is not ours, or holds ``protected``.
+    """
+    from m3ae.guards import check_replaceable
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise M3AEError(f"{out} already exists; pass --overwrite to replace it")
+    check_replaceable(out, protected, owned=out.is_dir() and is_prepared_folder(out))
+
+
 @contextmanager
-def atomic_output(out: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_output(out: Path, overwrite: bool, protected: dict[str, Path] | None = None) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success it replaces ``out`` in one rename.
 
-    A failure leaves no half-written ``out`` (the temporary folder is removed).
+    A failure leaves no half-written ``out`` (the temporary folder is removed); temporary
+    folders of killed runs into the same ``out`` are removed first. The caller holds ``out``'s
+    lock (`m3ae.guards.folder_lock`), so no other run is writing them.
     """
+    from m3ae.guards import OWNER_MARKER, remove_stale_temps
+
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise M3AEError(f"{out} already exists; pass --overwrite to replace it")
+    check_output(out, overwrite, protected)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         yield tmp
+        (tmp / OWNER_MARKER).write_text("written by `m3ae prepare`; `--overwrite` may replace this folder\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -48,9 +48,11 @@ def _read_source(
 ) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str]]:
     """(config, state dict under our names, notes) from one of our folders or an upstream .ckpt."""
     if path.is_dir():
-        from m3ae.weights.io import read_config, read_state_dict
+        from m3ae.weights.io import read_config, read_metadata, read_state_dict, verify_weights
 
-        return read_config(path), read_state_dict(path), []
+        config = read_config(path)
+        verify_weights(path, read_metadata(path))
+        return config, read_state_dict(path), []
     from m3ae.weights.upstream import read_upstream
 
     cfg, sd, report = read_upstream(path, image_size=image_size)

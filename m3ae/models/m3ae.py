@@ -290,8 +290,10 @@ class M3AE(nn.Module):
         image_size: int | None = None,
         map_location: str | torch.device = "cpu",
         allow_download: bool = False,
+        verify: bool = True,
     ) -> M3AE:
-        """Load a folder written by `save_pretrained` (strict; positions resized to `image_size`).
+        """Load a folder written by `save_pretrained` (strict; positions resized to `image_size`;
+        the weights' SHA-256 checked unless ``verify=False``; NaN/Inf weights refused).
 
         ``directory`` may also be a Hub id ("org/name"), resolved through the local Hugging Face
         cache; it is downloaded only when ``allow_download=True``.
@@ -300,4 +302,4 @@ class M3AE(nn.Module):
         from m3ae.weights.io import load_model
 
         folder = resolve_model_dir(directory, allow_download=allow_download)
-        return load_model(folder, image_size=image_size, map_location=map_location)
+        return load_model(folder, image_size=image_size, map_location=map_location, verify=verify)

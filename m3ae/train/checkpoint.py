@@ -161,7 +161,8 @@ def save_checkpoint(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:07d}"
     tmp = ckpt_dir / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in ckpt_dir.glob(".tmp_step_*"):  # a killed run's half-written checkpoints; the run
+        shutil.rmtree(stale, ignore_errors=True)  # folder is locked, so no live writer owns them
     tmp.mkdir()
     opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
     rng_tensors, rng_meta = rng_state()
@@ -242,3 +243,69 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: optimizer state does not match: {err}") from None
     set_rng_state(rng_tensors, meta.get("rng", {}))
     return meta
+
+
+# -- resume: exact or refused ---------------------------------------------------------------------
+
+RESUME_MAY_CHANGE = (
+    "train.max_steps", "train.max_epochs",  # extending a run
+    "train.log_every", "train.progress", "train.tensorboard",  # bookkeeping only
+    "train.checkpoint_every", "train.keep_checkpoints", "train.device",
+    "eval.batch_size", "eval.retrieval_text_batch",  # evaluation speed, not its result
+)
+"""Recipe fields a resumed run may change; any other difference would make the resumed run a
+different run than its config.yaml claims (e.g. a new optim.lr applied from the middle on)."""
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted ``key: old -> new`` lines for every leaf that differs between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            lines += config_differences(old.get(key), new.get(key), name)
+        return lines
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # YAML/JSON turn tuples into lists
+    return [] if norm(old) == norm(new) else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def checkpoint_state(ckpt_dir: str | Path) -> dict[str, Any] | None:
+    """The JSON state of the latest checkpoint (step, scheduler, config, ...), or None."""
+    path = latest_checkpoint(ckpt_dir)
+    if path is None:
+        return None
+    try:
+        return json.loads((path / STATE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / STATE}: unreadable checkpoint state ({err})") from None
+
+
+def check_resume(run_dir: str | Path, new_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Compare the recipe of ``--resume`` with the one the run's checkpoint was trained with.
+
+    Returns:
+        The latest checkpoint's state, or None when the run has no checkpoint yet.
+
+    Raises:
+        M3AEError: any difference outside `RESUME_MAY_CHANGE`, listed one by one.
+    """
+    state = checkpoint_state(Path(run_dir) / "checkpoints")
+    if state is None or "config" not in state:
+        return state
+    diffs = [d for d in config_differences(state["config"], new_config)
+             if not d.startswith(tuple(f"{k}:" for k in RESUME_MAY_CHANGE))]
+    if diffs:
+        raise CheckpointError(
+            f"--resume {run_dir}: the recipe differs from the one the run was trained with: "
+            + "; ".join(diffs) + f". Only {', '.join(RESUME_MAY_CHANGE)} may change on resume; "
+            "start a new run (another --out) to train with other settings")
+    return state
+
+
+def run_is_finished(state: dict[str, Any] | None, new_config: dict[str, Any]) -> bool:
+    """True when the checkpoint is the end of a run whose length the new recipe keeps."""
+    if not state or "config" not in state:
+        return False
+    length = [d for d in config_differences(state["config"], new_config)
+              if d.startswith(("train.max_steps:", "train.max_epochs:"))]
+    return not length and state.get("step", 0) >= state.get("scheduler", {}).get("total", float("inf"))

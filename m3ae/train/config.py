@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -84,6 +85,14 @@ class OptimArgs:
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise M3AEError(f"optim.warmup_steps must be >= 0 (got {self.warmup_steps})")
         self.betas = tuple(float(b) for b in self.betas)
+        _check_range("optim.lr", self.lr, low=0.0)  # 0 only for evaluation-only recipes, see RunConfig
+        _check_range("optim.weight_decay", self.weight_decay, low=0.0)
+        _check_range("optim.eps", self.eps, low=0.0, low_open=True)
+        _check_range("optim.clip_grad_norm", self.clip_grad_norm, low=0.0, low_open=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise M3AEError(f"optim.betas must be two numbers in [0, 1) (got {list(self.betas)})")
+        for name, mult in self.lr_multipliers.items():
+            _check_range(f"optim.lr_multipliers.{name}", mult, low=0.0)
 
 
 @dataclass
@@ -161,6 +170,9 @@ class TrainArgs:
             raise M3AEError("train.batch_size and train.per_device_batch_size must be positive")
         if self.max_steps is None and self.max_epochs is None:
             raise M3AEError("train: set max_steps or max_epochs")
+        _check_range("train.max_steps", self.max_steps, low=0)  # 0 = evaluate only, see RunConfig
+        for name in ("max_epochs", "log_every", "checkpoint_every", "keep_checkpoints"):
+            _check_range(f"train.{name}", getattr(self, name), low=1)
 
 
 @dataclass
@@ -192,6 +204,26 @@ class EvalArgs:
         if self.top_k < 1:
             raise M3AEError(f"eval.top_k must be at least 1 (got {self.top_k})")
 
+    def __post_init__(self) -> None:
+        for name in ("every_steps", "batch_size", "retrieval_text_batch"):
+            _check_range(f"eval.{name}", getattr(self, name), low=1)
+        for name in ("val_split", "test_split"):
+            if getattr(self, name) is not None and not str(getattr(self, name)).strip():
+                raise M3AEError(f"eval.{name} is empty; give a split name or null")
+
+
+def _check_range(name: str, value: float | int | None, low: float, low_open: bool = False) -> None:
+    """Numeric options are finite and at least ``low`` (above it with ``low_open``); None = unset.
+
+    Raises:
+        M3AEError: naming the option, the bound and the value given.
+    """
+    if value is None:
+        return
+    if not math.isfinite(value) or value < low or (low_open and value == low):
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise M3AEError(f"{name} must be finite and {bound} (got {value})")
+
 
 @dataclass
 class RunConfig:
@@ -203,6 +235,15 @@ class RunConfig:
     task: TaskArgs = field(default_factory=TaskArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
     eval: EvalArgs = field(default_factory=EvalArgs)
+
+    def __post_init__(self) -> None:
+        # max_steps 0 evaluates a given model without training (zero-shot retrieval). Without
+        # model.pretrained it would save a randomly initialised best/ with a model card.
+        if self.train.max_steps == 0 and not self.model.pretrained:
+            raise M3AEError("train.max_steps 0 (evaluate without training) needs model.pretrained; "
+                            "give train.max_steps >= 1 to train")
+        if self.optim.lr == 0 and self.train.max_steps != 0:
+            raise M3AEError("optim.lr must be > 0 (0 is only for evaluation-only recipes, train.max_steps 0)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists) for YAML/JSON."""

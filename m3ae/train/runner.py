@@ -222,13 +222,51 @@ def _extra_metadata(cfg: RunConfig, data_dir: str | Path, summary: dict[str, Any
 
 
 def train_run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """One training run of any task: fit with model selection, then the test split. Returns metrics."""
+    """One training run of any task: fit with model selection, then the test split. Returns metrics.
+
+    The run folder is locked for the life of the process (rank 0 holds the lock): a second
+    process into the same ``out_dir`` stops with the holder's PID instead of interleaving logs.
+    """
+    import contextlib
+
+    from m3ae.guards import LOCK_NAME, check_device, folder_lock
+
+    check_device(cfg.train.device)
+    out_dir = Path(out_dir)
+    is_main = D.init_distributed(cfg.train.device).is_main  # under torchrun only rank 0 takes the lock
+    lock = folder_lock(out_dir / LOCK_NAME, out_dir) if is_main else contextlib.nullcontext()
+    with lock:
+        return _train_locked(cfg, data_dir, out_dir, resume)
+
+
+def _resume_or_finished(cfg: RunConfig, out_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """With ``--resume``: refuse a changed recipe; return the metrics of a run that already ended."""
+    from m3ae.train.checkpoint import check_resume, run_is_finished
+
+    if not resume:
+        return None
+    state = check_resume(out_dir, cfg.to_dict())
+    metrics = out_dir / "metrics.json"
+    if run_is_finished(state, cfg.to_dict()) and metrics.is_file():
+        _say(f"{out_dir}: the run is complete (step {state['step']}); nothing to resume "
+             "(raise train.max_steps or train.max_epochs to train further)")
+        return json.loads(metrics.read_text())
+    return None
+
+
+def _train_locked(cfg: RunConfig, data_dir: str | Path, out_dir: Path, resume: bool) -> dict[str, Any]:
+    """`train_run` once the run folder is locked."""
     from m3ae.data import load_tokenizer
 
     info = D.init_distributed(cfg.train.device)
-    out_dir = Path(out_dir)
     task_name = cfg.task.name
     summary = _summary(data_dir, task_name)
+    if cfg.eval.val_split and not _split_size(summary, cfg.eval.val_split):
+        raise M3AEError(f"{data_dir} has no '{cfg.eval.val_split}' examples for model selection "
+                        f"(splits: {sorted(summary.get('splits', {}))}); fix --eval.val_split or pass "
+                        "--eval.val_split null to keep the last model")
+    if (finished := _resume_or_finished(cfg, out_dir, resume)) is not None:
+        return finished
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -238,9 +276,7 @@ def train_run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume:
     model.to(resolve_device(cfg.train.device))
     task = make_task(task_name, **task_options(cfg.task))
 
-    val_split = cfg.eval.val_split if _split_size(summary, cfg.eval.val_split) else None
-    if cfg.eval.val_split and val_split is None:
-        _say(f"warning: {data_dir} has no '{cfg.eval.val_split}' examples; the last model is kept")
+    val_split = cfg.eval.val_split  # checked above: None or a split with examples
     if val_split is not None and val_is_test(summary):
         _say(f"warning: model selection uses split '{val_split}', which is a copy of the test split "
              f"under the '{summary.get('protocol')}' protocol of {summary.get('dataset')} "
@@ -372,9 +408,11 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     model's image size.
     """
     from m3ae.data import DataConfig, load_tokenizer, read_summary
+    from m3ae.guards import check_device
     from m3ae.models import M3AE
     from m3ae.weights.io import read_metadata
 
+    check_device(device, "--device")
     D.init_distributed(device)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

@@ -2,11 +2,14 @@
 
     <dir>/model.safetensors   the state dict (module tree of `M3AE` = key names)
     <dir>/config.json         {"format": "m3ae", "format_version": 1, "model": ModelConfig.to_dict(),
+                               "weights_sha256": SHA-256 of model.safetensors,
                                ...extra metadata: "answers", "labels", "preprocessing", ...}
     <dir>/tokenizer files     when a tokenizer was given
 
 Loading is strict; the only tolerated differences are explicit allow-lists (new task heads,
-heads left behind) and a resized vision position table.
+heads left behind) and a resized vision position table. Loading also verifies the checksum
+(folders written before it existed have none and are not checked) and refuses NaN/Inf weights:
+a flipped byte after the safetensors header would otherwise load and predict NaN.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from m3ae.errors import CheckpointError
+from m3ae.errors import CheckpointError, M3AEError
+from m3ae.guards import file_sha256, nonfinite_keys
 from m3ae.models.config import ModelConfig
 from m3ae.models.masking import resize_pos_embed
 
@@ -28,6 +32,8 @@ CONFIG_NAME = "config.json"
 FORMAT = "m3ae"
 FORMAT_VERSION = 1
 POS_EMBED_KEY = "vision_encoder.pos_embed"
+CHECKSUM_KEY = "weights_sha256"
+RESERVED_KEYS = {"format", "format_version", "model", CHECKSUM_KEY}
 
 
 @dataclass
@@ -137,13 +143,17 @@ def save_model(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     extra = dict(extra or {})
-    clash = {"format", "format_version", "model"} & set(extra)
+    clash = RESERVED_KEYS & set(extra)
     if clash:
         raise ValueError(f"extra metadata may not use the reserved keys {sorted(clash)}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bad = nonfinite_keys(state)
+    if bad:  # a diverged or corrupt model is not worth a folder that looks fine
+        raise CheckpointError(f"refusing to save {directory}: NaN/Inf in {len(bad)} tensor(s), e.g. {bad[:3]}")
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config.to_dict(), **extra}
-    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config.to_dict(),
+            CHECKSUM_KEY: file_sha256(directory / WEIGHTS_NAME), **extra}
+    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     return directory
@@ -164,29 +174,76 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
 
 
 def read_config(directory: str | Path) -> ModelConfig:
-    """The `ModelConfig` stored in a model folder."""
-    return ModelConfig.from_dict(read_metadata(directory)["model"])
+    """The `ModelConfig` stored in a model folder.
+
+    Raises:
+        CheckpointError: a model section with unknown keys or values of the wrong type.
+    """
+    try:
+        return ModelConfig.from_dict(read_metadata(directory)["model"])
+    except (TypeError, ValueError, KeyError, AttributeError, M3AEError) as err:
+        # e.g. "layers": "two" fails as a TypeError inside a __post_init__ comparison
+        raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: invalid model config "
+                              f"({type(err).__name__}: {err})") from None
+
+
+def verify_weights(directory: str | Path, meta: dict[str, Any]) -> None:
+    """Compare model.safetensors with the checksum in config.json (when the folder has one).
+
+    Raises:
+        CheckpointError: the file changed since it was saved (corrupt download, flipped bytes).
+    """
+    expected = meta.get(CHECKSUM_KEY)
+    path = Path(directory) / WEIGHTS_NAME
+    if expected is None or not path.is_file():
+        return
+    if file_sha256(path) != expected:
+        raise CheckpointError(f"{path}: SHA-256 differs from the one in {CONFIG_NAME}: the file is corrupt "
+                              "or was modified (verify=False loads it anyway)")
 
 
 def read_state_dict(
     directory: str | Path, map_location: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a model folder."""
+    """The tensors of a model folder.
+
+    Raises:
+        CheckpointError: a missing, truncated or unreadable file, or NaN/Inf in any tensor.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory}: missing {WEIGHTS_NAME}")
-    return load_file(str(path), device=str(map_location))
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+    bad = nonfinite_keys(state)
+    if bad:
+        raise CheckpointError(f"{path}: NaN/Inf in {len(bad)} tensor(s), e.g. {bad[:3]}: the weights are "
+                              "corrupt or diverged")
+    return state
 
 
 def load_model(
-    directory: str | Path, image_size: int | None = None, map_location: str | torch.device = "cpu"
+    directory: str | Path, image_size: int | None = None, map_location: str | torch.device = "cpu",
+    verify: bool = True,
 ) -> nn.Module:
-    """Build the model described by a folder and load its weights strictly."""
+    """Build the model described by a folder and load its weights strictly.
+
+    Args:
+        directory: a folder written by `save_model`.
+        image_size: resize the vision position table to this input size.
+        map_location: device the tensors are read to.
+        verify: check the weights' SHA-256 against config.json first (False skips it for speed).
+    """
     from m3ae.models.m3ae import M3AE
 
     cfg = read_config(directory)
+    if verify:
+        verify_weights(directory, read_metadata(directory))
     if image_size is not None:
         cfg = cfg.with_image_size(image_size)
     model = M3AE(cfg)
