@@ -124,7 +124,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         model = ToyModel()
         model.fusion[2].p = 0.0
         train = TrainArgs(batch_size=4, per_device_batch_size=per_device, max_steps=3, log_every=1,
-                          progress=False, tensorboard=False)
+                          progress=False, tensorboard=False, precision="fp32")  # exact comparison
         optim = OptimArgs(lr=0.05, warmup_steps=0, warmup_ratio=None)
         fit(ToyTask(), model, toy_loaders(per_device), optim, train, EvalArgs(), run_dir=None)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))

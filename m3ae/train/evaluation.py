@@ -20,7 +20,7 @@ from m3ae import metrics as M
 from m3ae.errors import M3AEError
 from m3ae.train import distributed as D
 from m3ae.train.loop import autocast_context, to_device
-from m3ae.models.losses import vqa_loss
+from m3ae.models.losses import vqa_ce_loss, vqa_loss
 from m3ae.train.tasks import ClassificationTask, PretrainTask, VQATask, fuse
 
 
@@ -92,7 +92,9 @@ def evaluate_vqa(model: nn.Module, dataset: Dataset, batch_size: int = 32, preci
         for batch in _batches(model, dataset, batch_size, "eval vqa", progress):
             with autocast_context(precision, _device_of(model)):
                 logits = task.logits(model, batch).float()  # [B, A]
-            parts["loss"].append(vqa_loss(logits, batch["vqa_targets"]).reshape(1).cpu() * len(logits))
+            loss = (vqa_ce_loss(logits, batch["vqa_labels"]) if task.loss == "ce"  # the loss it trains with
+                    else vqa_loss(logits, batch["vqa_targets"]))
+            parts["loss"].append(loss.reshape(1).cpu() * len(logits))
             parts["pred"].append(logits.argmax(-1).cpu())
             parts["label"].append(batch["vqa_labels"].cpu())
             parts["answer_type"].append(batch["answer_type"].cpu())
