@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     one.add_argument("--question", help="the question, in English")
     one.add_argument("--top-k", type=int, default=5, help="how many answers to print")
     one.add_argument("--json", action="store_true", help="print the answers as JSON")
+    one.add_argument("--explain", type=Path, metavar="OUT.png",
+                     help="also write the top answer's heat map over the image, with a colour bar "
+                          "(gradient-weighted attention; see m3ae.explain)")
     many = parser.add_argument_group("many questions")
     many.add_argument("--input", type=Path, help="CSV with columns image, question")
     many.add_argument("--output", type=Path, help="CSV to write (input columns + answer, probability)")
@@ -48,6 +51,8 @@ def check_arguments(args: argparse.Namespace) -> str:
     if batch:
         if args.input is None or args.output is None:
             raise M3AEError("batch mode needs both --input FILE.csv and --output FILE.csv")
+        if getattr(args, "explain", None) is not None:
+            raise M3AEError("--explain works with one question (--image/--question), not with --input")
         if args.batch_size < 1:
             raise M3AEError(f"--batch-size must be at least 1, got {args.batch_size}")
         return "batch"
@@ -104,6 +109,11 @@ def write_answers(path: Path, rows: list[dict[str, str]], columns: list[str]) ->
 def run_single(pipe, args: argparse.Namespace) -> int:
     """Answer one question and print the top-k answers."""
     answers = pipe(args.image, args.question, top_k=args.top_k)
+    if args.explain is not None:
+        from m3ae.explain import explain_answer, save_explanation
+
+        save_explanation(explain_answer(pipe, args.image, args.question), args.question, args.explain)
+        print(f"heat map written to {args.explain}", file=sys.stderr)
     if args.json:
         print(json.dumps({"image": str(args.image), "question": args.question, "answers": answers}, indent=2))
         return 0
