@@ -17,10 +17,15 @@ attention probabilities (`fusion_with_attention`, checked against `M3AE.encode` 
 nothing is hooked into the shared model and no parameter gets a ``.grad``, so concurrent
 requests on one model are safe.
 
-Why not Grad-CAM on the vision tokens: we tried it (and gradient x input) first. On a model with
-random weights it still put 25-40% of the map on the one odd-coloured patch of a synthetic image
-(uniform: 6%): those maps follow the *input*, not the model, and fail the model-randomisation
-check of Adebayo et al. (2018). Gradient-weighted attention passes it (tests/test_explain.py).
+Why not Grad-CAM on the vision tokens: we tried it first. On a model with random weights it still
+put 25-41% of the map on the one odd-coloured patch of a synthetic image (uniform: 6%): such
+maps follow the *input*, not the model, and fail the model-randomisation
+check of Adebayo et al. (2018). Gradient-weighted attention does better but **not reliably**:
+over three training seeds and three random initialisations of m3ae-tiny, the trained maps put
+0.06-0.17 of their mass on the shape's patch and the random ones 0.10-0.13 (uniform 0.0625, test
+threshold 0.125); see docs/serve.md. Tracing the relevance back through the vision tower's
+attention (Chefer's rollout) did not change the trained maps (0.079 -> 0.081). Treat a map as a
+hint to look at, not as evidence.
 
 Limits, read before trusting a map:
 - The map has the patch grid's resolution (4 x 4 for m3ae-tiny, 24 x 24 for m3ae-base at 384 px);
@@ -112,6 +117,11 @@ def fusion_with_attention(model: Any, image_embeds: torch.Tensor, input_ids: tor
     return model.heads["vqa"](cls_feats), rec
 
 
+def _weighted(attn: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Chefer et al.'s Abar = mean over heads of ReLU(grad * attention): [B, h, N, M] -> [B, N, M]."""
+    return (grad * attn).clamp_min(0).mean(dim=1).detach().float().cpu()
+
+
 def attention_patch_map(model: Any, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor, answer_index: torch.Tensor) -> torch.Tensor:
     """Gradient-weighted CLS attention of each answer's logit over the image patches.
@@ -131,13 +141,12 @@ def attention_patch_map(model: Any, pixel_values: torch.Tensor, input_ids: torch
     with torch.enable_grad():
         logits, rec = fusion_with_attention(model, tokens, input_ids, attention_mask)
         picked = logits.gather(1, answer_index.view(-1, 1).to(logits.device)).sum()
-        probs = rec["text_cross"] + rec["image_self"]  # layers x [B, h, N, 1+L_i]
+        probs = rec["text_cross"] + rec["image_self"]  # 2 x layers x [B, h, N, 1+L_i]
         # autograd.grad w.r.t. the probabilities only: no parameter .grad is written
         grads = torch.autograd.grad(picked, probs)
     relevance = torch.zeros(tokens.shape[0], tokens.shape[1] - 1)  # [B, L_i]
     for a, g in zip(probs, grads):
-        weighted = (g * a).clamp_min(0).mean(dim=1)  # [B, N, 1+L_i], mean over heads
-        relevance += weighted[:, 0, 1:].detach().float().cpu()  # the CLS query row, patch keys
+        relevance += _weighted(a, g)[:, 0, 1:]  # the CLS query row at the patch keys
     total = relevance.sum(-1, keepdim=True)
     uniform = torch.full_like(relevance, 1.0 / relevance.shape[-1])
     return torch.where(total > 0, relevance / total.clamp_min(1e-30), uniform)

@@ -4,6 +4,11 @@ The sanity test follows Adebayo et al. (2018): a tiny model trained to name the 
 shape on a dark background must put at least twice the uniform share of its heat map on the
 shape's patch; the same architecture with random weights must not (a map that passes both ways
 would only be an edge detector, not an explanation of the model).
+
+Honest scope: the seeds are fixed (training seed 0, random seed 7). Over other seeds the check is
+not reliable (trained 0.06-0.17, random 0.10-0.13 against the 0.125 threshold; docs/serve.md), so
+this test guards the method and this configuration against regressions; it does not show that
+the maps can be trusted in general.
 """
 from __future__ import annotations
 
