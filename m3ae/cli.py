@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("m3ae.train.cli_evaluate", "evaluate a saved model on a prepared data folder"),
     "convert": ("m3ae.convert_cli", "convert an official M3AE Lightning checkpoint to the m3ae format"),
     "predict": ("m3ae.inference_cli", "answer a question about an image (PNG, JPEG, DICOM) with a VQA model"),
+    "serve": ("m3ae.serve.cli", "a local web page and JSON API for a VQA model, with answer heat maps"),
     "demo": ("m3ae.demo", "the whole pipeline on the bundled VQA-RAD data, on CPU, in minutes"),
     "push": ("m3ae.hub_cli", "upload a model folder to the Hugging Face Hub (huggingface_hub)"),
     "export": ("m3ae.export_cli", "export a model folder to ONNX (VQA logits and encoder features)"),

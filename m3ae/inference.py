@@ -194,16 +194,23 @@ class VQAPipeline:
         return cls(model, tokenizer, answers, pre, device=device)
 
     # ----------------------------------------------------------------------------------- inputs
-    def preprocess_image(self, image: ImageInput) -> torch.Tensor:
-        """Decode, resize (shorter side), centre-crop and normalise one image: -> [3, H, W]."""
+    def model_view(self, image: ImageInput) -> Image.Image:
+        """The RGB square the model sees: decode (DICOM windowed), shorter side to the input size,
+        centre crop (the original "clip" evaluation transform)."""
         from m3ae.data import images
 
-        rgb = to_rgb_image(image)
         size = self.preprocessing.image_size
-        # the original "clip" evaluation transform: shorter side to `size`, centre crop, normalise
-        square = images.center_crop(images.resize_shorter(rgb, size), size)
-        pre = self.preprocessing
-        return images.to_normalized_tensor(square, pre.mean, pre.std)  # [3, H, W]
+        return images.center_crop(images.resize_shorter(to_rgb_image(image), size), size)
+
+    def to_pixel_values(self, view: Image.Image) -> torch.Tensor:
+        """Normalise a `model_view` square: -> [3, H, W]."""
+        from m3ae.data import images
+
+        return images.to_normalized_tensor(view, self.preprocessing.mean, self.preprocessing.std)
+
+    def preprocess_image(self, image: ImageInput) -> torch.Tensor:
+        """Decode, resize (shorter side), centre-crop and normalise one image: -> [3, H, W]."""
+        return self.to_pixel_values(self.model_view(image))
 
     def tokenize(self, questions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Pad/truncate questions to the model's text length: -> input_ids, attention_mask [B, L_t]."""

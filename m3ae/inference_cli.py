@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame", type=int, default=None,
                         help="frame of a multi-frame DICOM (default: the middle frame)")
     one.add_argument("--json", action="store_true", help="print the answers as JSON")
+    one.add_argument("--explain", type=Path, metavar="OUT.png",
+                     help="also write the top answer's heat map over the image, with a colour bar "
+                          "(gradient-weighted attention; see m3ae.explain)")
     many = parser.add_argument_group("many questions")
     many.add_argument("--input", type=Path, help="CSV with columns image, question")
     many.add_argument("--output", type=Path, help="CSV to write (input columns + answer, probability)")
@@ -55,6 +58,8 @@ def check_arguments(args: argparse.Namespace) -> str:
     if batch:
         if args.input is None or args.output is None:
             raise M3AEError("batch mode needs both --input FILE.csv and --output FILE.csv")
+        if getattr(args, "explain", None) is not None:
+            raise M3AEError("--explain works with one question (--image/--question), not with --input")
         if args.batch_size < 1:
             raise M3AEError(f"--batch-size must be at least 1, got {args.batch_size}")
         return "batch"
@@ -112,7 +117,13 @@ def run_single(pipe, args: argparse.Namespace) -> int:
     """Answer one question and print the top-k answers."""
     from m3ae.inference import to_rgb_image
 
-    answers = pipe(to_rgb_image(args.image, args.frame), args.question, top_k=args.top_k)
+    image = to_rgb_image(args.image, args.frame)
+    answers = pipe(image, args.question, top_k=args.top_k)
+    if args.explain is not None:
+        from m3ae.explain import explain_answer, save_explanation
+
+        save_explanation(explain_answer(pipe, image, args.question), args.question, args.explain)
+        print(f"heat map written to {args.explain}", file=sys.stderr)
     if args.json:  # allow_nan=False: the output is always valid JSON (the pipeline refuses NaN)
         print(json.dumps({"image": str(args.image), "question": args.question, "answers": answers},
                          indent=2, allow_nan=False))
