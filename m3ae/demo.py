@@ -370,8 +370,9 @@ def prepare_all(src: Path, out: Path, sizes: DemoSizes, image_size: int, seed: i
     pairs = caption_csv(dirs["vqa"], raw / "images", out / "raw" / "pretrain_pairs.csv")
     print(f"pre-training pairs: {pairs} (caption = question + ' ' + answer, from the train split only; "
           "these are NOT real captions)")
+    # the pairs point at the raw VQA-RAD images, outside the folder of the CSV itself
     run_cli(["prepare", "custom", "--src", str(out / "raw" / "pretrain_pairs.csv"),
-             "--out", str(dirs["pretrain"]), *common])
+             "--out", str(dirs["pretrain"]), "--allow-outside-src", *common])
     return dirs
 
 
