@@ -6,6 +6,7 @@ AMX it is faster. So precision is chosen from the hardware (`precision: auto`), 
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,8 +19,12 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _warned: set[str] = set()
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_bf16() -> bool:
-    """True when this CPU runs bf16 matrix work natively (AVX512-BF16 or AMX), by torch's own checks."""
+    """True when this CPU runs bf16 matrix work natively (AVX512-BF16 or AMX), by torch's own checks.
+
+    Cached: autocast resolves ``auto`` on every micro-batch, and the CPU does not change.
+    """
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name)()) for name in checks if hasattr(cpu, name))

@@ -146,7 +146,7 @@ class VQAPipeline:
     """
 
     def __init__(self, model: Any, tokenizer: Any, answers: Sequence[str], preprocessing: Preprocessing,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", image_input: str = "pixels") -> None:
         if "vqa" not in model.heads:
             raise M3AEError("this model has no VQA head (it is a pre-trained or non-VQA model): "
                             "fine-tune it on a VQA dataset first (m3ae finetune)")
@@ -158,6 +158,10 @@ class VQAPipeline:
         self.model = model.eval().to(self.device)
         self.tokenizer = tokenizer
         self.answers = list(answers)
+        # the training task computes the logits, so a question-only model ignores the image here too
+        from m3ae.train.tasks import VQATask
+
+        self.task = VQATask(image_input=image_input)
         self.preprocessing = preprocessing
 
     @classmethod
@@ -191,7 +195,8 @@ class VQAPipeline:
                 "prepared folder the model was fine-tuned on, or the original's label list)")
         tokenizer = load_tokenizer(model_dir if _has_tokenizer_files(model_dir) else None)
         pre = preprocessing_from_config(config, model.config.vision.image_size)
-        return cls(model, tokenizer, answers, pre, device=device)
+        return cls(model, tokenizer, answers, pre, device=device,
+                   image_input=config.get("image_input", "pixels"))
 
     # ----------------------------------------------------------------------------------- inputs
     def model_view(self, image: ImageInput) -> Image.Image:
@@ -231,9 +236,9 @@ class VQAPipeline:
     def logits(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                attention_mask: torch.Tensor) -> torch.Tensor:
         """VQA logits for a batch: [B, 3, H, W], [B, L_t] -> [B, A]."""
-        out = self.model.encode(pixel_values.to(self.device), input_ids.to(self.device),
-                                attention_mask.to(self.device))
-        return self.model.heads["vqa"](out.cls_feats).float().cpu()
+        batch = {"pixel_values": pixel_values.to(self.device), "input_ids": input_ids.to(self.device),
+                 "attention_mask": attention_mask.to(self.device)}
+        return self.task.logits(self.model, batch).float().cpu()
 
     def predict_batch(self, images: Sequence[ImageInput], questions: Sequence[str],
                       top_k: int = 1) -> list[list[dict[str, Any]]]:

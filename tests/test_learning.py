@@ -273,3 +273,17 @@ def test_answer_mapping_end_to_end(tmp_path, tokenizer):
     pipe = VQAPipeline.from_pretrained(tmp_path / "model")
     image = next((bundled / "images").glob("*.jpg"))
     assert pipe(str(image), "is this a ct?", top_k=1)[0]["answer"] == answers[k]
+
+
+def test_pipeline_of_a_question_only_model_ignores_the_image(tmp_path, tokenizer):
+    """A model saved with image_input none answers from the question alone in VQAPipeline too."""
+    from m3ae.inference import VQAPipeline
+
+    model = tiny()
+    model.save_pretrained(tmp_path / "qo", tokenizer=tokenizer, extra={"answers": ANSWERS, "image_input": "none"})
+    pipe = VQAPipeline.from_pretrained(tmp_path / "qo")
+    rng = np.random.default_rng(0)
+    a, b = shape_image("red", "circle", rng, True), shape_image("blue", "square", rng, False)
+    question = pipe.tokenize(["what colour is the shape?"])
+    logits = [pipe.logits(pixels([im]), **question) for im in (a, b)]
+    torch.testing.assert_close(logits[0], logits[1])

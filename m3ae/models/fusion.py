@@ -83,8 +83,9 @@ def attention(
     Without dropout this is SDPA (its fused CPU kernel). With dropout on CPU, SDPA falls back to
     its generic math path (a safe-softmax with extra full-size passes, float dropout masks and
     several [B, h, N, M] temporaries that are mmap-allocated and page-faulted on every call), so
-    we compute the same thing explicitly, one batch row at a time (keeps temporaries small
-    enough for the allocator to reuse). Masked keys get the dtype's most negative value, i.e.
+    we compute the same thing explicitly: for the whole batch when the score tensor is small
+    (`BATCHED_ATTENTION_ELEMENTS`), else one batch row at a time (keeps temporaries small enough
+    for the allocator to reuse). Masked keys get the dtype's most negative value, i.e.
     exactly zero weight whenever a row has at least one real key (the CLS token always is).
     Under autocast or with bf16/fp16 inputs the attention itself runs in fp32.
     """

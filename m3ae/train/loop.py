@@ -96,7 +96,7 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
-        raise M3AEError("train.precision fp16 needs a CUDA device; use bf16 on CPU")
+        raise M3AEError("train.precision fp16 needs a CUDA device; use auto on CPU (bf16 where native)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
