@@ -29,7 +29,9 @@ from raw_builders import dicom_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = str(REPO / "configs/finetune/vqa_rad_tiny.yaml")
-QUIET = ["--train.progress", "false", "--train.tensorboard", "false"]
+# the recipes' batch sizes are for real data; the test folders hold a few examples
+QUIET = ["--train.progress", "false", "--train.tensorboard", "false", "--train.batch_size", "4",
+        "--train.per_device_batch_size", "2", "--train.log_every", "1"]
 ANSWERS = ["yes", "no", "left", "right"]
 
 

@@ -110,7 +110,7 @@ def test_choose_threads_uses_the_cores_and_ignores_the_load_average(monkeypatch)
     assert demo.choose_threads(None)[0] == cores
 
 
-COSTS = demo.StepCosts(pretrain_step=1.8, finetune_step=0.8, question_only_step=0.4, eval_example=0.005)
+COSTS = demo.StepCosts(pretrain_step=0.75, finetune_step=0.25, question_only_step=0.1, eval_example=0.002)
 EVAL = {"val": 304, "test": 451}
 
 
@@ -127,7 +127,7 @@ def test_budget_plan_scales_down_when_steps_are_slow():
     plan = demo.plan_to_budget(COSTS, demo.FULL, 800, 86, EVAL, 30)
     assert demo.MIN_SCALE <= plan.scale < 1.0 and plan.fits
     assert plan.total_seconds <= 800
-    slower = demo.plan_to_budget(dataclasses.replace(COSTS, finetune_step=1.6), demo.FULL, 800, 86, EVAL, 30)
+    slower = demo.plan_to_budget(dataclasses.replace(COSTS, finetune_step=0.4), demo.FULL, 800, 86, EVAL, 30)
     assert slower.scale < plan.scale and slower.finetune_steps < plan.finetune_steps
     # one number of fine-tuning steps for every row, so the table compares like with like
     assert set(plan.stage_seconds) == {"fixed", "pretrain", *demo.FINETUNE_ROWS}

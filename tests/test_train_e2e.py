@@ -78,7 +78,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
     return {task: prepare(tmp, task) for task in ("vqa", "cls", "irtr", "pretrain")}
 
 
-TINY = ["--train.progress", "false", "--train.tensorboard", "false"]
+# the recipes' batch sizes are for real data; the test folders hold a few examples
+TINY = ["--train.progress", "false", "--train.tensorboard", "false", "--train.batch_size", "4",
+        "--train.per_device_batch_size", "2", "--train.log_every", "1"]
 
 
 def test_tiny_pretraining_drives_all_three_losses_down(data, tmp_path):

@@ -9,6 +9,7 @@ Heads are applied by the caller (a task) to the fields of `EncoderOutput`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from m3ae.models.config import ModelConfig
+from m3ae.models.feature_cache import FrozenFeatureCache
 from m3ae.models.fusion import CoAttentionFusion
 from m3ae.models.heads import Pooler, build_heads
 from m3ae.models.text import build_text_encoder, encode_text
@@ -78,6 +80,7 @@ class M3AE(nn.Module):
         super().__init__()
         self.config = config
         self.frozen: tuple[str, ...] = ()
+        self.text_cache: FrozenFeatureCache | None = None
         d = config.width
         self.vision_encoder = VisionTransformer(config.vision)
         self.text_encoder = build_text_encoder(config.text)
@@ -129,7 +132,10 @@ class M3AE(nn.Module):
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text tower + projection + text modality embedding: [B, L_t] -> [B, L_t, D]."""
         with self._tower_grad("text_encoder"):
-            feats = encode_text(self.text_encoder, input_ids, attention_mask)
+            if self.text_cache is not None and "text_encoder" in self.frozen:
+                feats = self.text_cache(partial(encode_text, self.text_encoder), input_ids, attention_mask)
+            else:
+                feats = encode_text(self.text_encoder, input_ids, attention_mask)
         return self.text_proj(feats) + self.modality_embed.weight[TEXT_TYPE]
 
     def encode(
@@ -244,6 +250,16 @@ class M3AE(nn.Module):
         for name in towers:
             getattr(self, name).requires_grad_(False)
         self.train(self.training)
+
+    def cache_frozen_text(self, max_mb: float = 512) -> None:
+        """Keep the frozen text tower's features of each distinct text (up to `max_mb` MiB).
+
+        Fine-tuning sees every question once per epoch: from the second epoch on, the tower's forward
+        pass becomes a lookup. Exact (the tower is frozen and in eval mode); call after `freeze`.
+        """
+        if "text_encoder" not in self.frozen:
+            raise ValueError("cache_frozen_text() needs a frozen text tower: call freeze('text_encoder') first")
+        self.text_cache = FrozenFeatureCache(max_mb)
 
     def train(self, mode: bool = True) -> M3AE:
         """`nn.Module.train`, keeping frozen towers in eval mode."""

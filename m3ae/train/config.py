@@ -43,6 +43,9 @@ class ModelArgs:
     """Tokenizer folder; None = the packaged RoBERTa files."""
     freeze: list = field(default_factory=list)
     """Towers to freeze (no gradients, no dropout): any of vision_encoder, text_encoder."""
+    text_cache_mb: int = 512
+    """With a frozen text tower: keep each distinct text's features (up to this many MiB) so repeated
+    texts skip the tower, e.g. every question after the first epoch. Exact; 0 = off."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
     config: dict = field(default_factory=dict)

@@ -104,6 +104,8 @@ def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
             model.freeze(*cfg.model.freeze)
         except ValueError as err:
             raise M3AEError(f"model.freeze: {err}") from err
+        if "text_encoder" in model.frozen and cfg.model.text_cache_mb > 0:
+            model.cache_frozen_text(cfg.model.text_cache_mb)
     return model
 
 
