@@ -11,7 +11,7 @@ Examples:
     m3ae bench --job infer
     m3ae bench --job infer --precision int8 --json
     m3ae bench --job pretrain --memory low --threads 2 --steps 3
-    m3ae bench --job vqa --size m3ae-tiny --steps 2 --warmup 1
+    m3ae bench --job vqa --size m3ae-tiny --image-size 32 --text-len 16 --steps 2 --warmup 1
 
 Timings are medians of the timed steps after the warm-up steps; on a machine that other jobs
 share, they measure the others too (the output gives the load average, and CPU seconds per step).

@@ -397,6 +397,8 @@ def fit(
     finally:
         progress.close()
         logger.close()
+        if in_backward is not None:  # the model may train again elsewhere, with its own optimizer
+            in_backward.remove()
     return FitResult(state.step, state.best_metric, state.best_step, last_metrics)
 
 
