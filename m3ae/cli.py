@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("m3ae.hub_cli", "upload a model folder to the Hugging Face Hub (huggingface_hub)"),
     "export": ("m3ae.export_cli", "export a model folder to ONNX (VQA logits and encoder features)"),
     "embed": ("m3ae.embed", "write image, text and joint embeddings of a data set to Parquet"),
+    "bench": ("m3ae.bench", "time a pre-training step, a VQA step or inference on this machine (fresh process)"),
 }
 
 

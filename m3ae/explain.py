@@ -162,8 +162,12 @@ def explain_answer(pipe: Any, image: Any, question: str, answer: str | None = No
         answer: an answer from the model's list to explain instead of the top one.
 
     Raises:
-        M3AEError: an empty question, a bad image, or an answer not in the list.
+        M3AEError: an empty question, a bad image, an answer not in the list, or an int8 pipeline.
     """
+    precision = getattr(pipe, "precision", None)
+    if getattr(precision, "name", None) == "int8":  # quantised Linear layers have no backward
+        raise M3AEError("heat maps need gradients, which int8 (quantised) layers do not have: "
+                        "use precision fp32 or auto to explain answers")
     view = pipe.model_view(image)
     pixel_values = pipe.to_pixel_values(view)[None]  # [1, 3, H, W]
     text = pipe.tokenize([question])

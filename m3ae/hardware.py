@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-"""Accepted by every command: auto = bf16 where native, fp16 on CUDA without bf16, else fp32."""
+"""Autocast precisions, accepted by every command: auto = bf16 where native, fp16 on CUDA without
+bf16, else fp32."""
+
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
+"""What inference commands (predict, serve, evaluate, bench --job infer) accept: the autocast
+precisions plus int8, dynamic int8 quantisation of the Linear layers (`m3ae.quantize`). Training
+never takes int8: the quantised layers have no gradients."""
 
 _warned: set[str] = set()
 
@@ -73,6 +79,28 @@ def resolve_precision(requested: str, device: str | torch.device = "cpu") -> Pre
         warnings.warn("precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): it is emulated and "
                       "typically 3-5x slower than fp32; use precision auto or fp32", stacklevel=2)
     return Precision(requested, f"{requested} as asked")
+
+
+def resolve_inference_precision(requested: str, device: str | torch.device = "cpu") -> Precision:
+    """`resolve_precision` plus ``int8``, which is CPU-only (torch's dynamic quantised kernels
+    are FBGEMM/oneDNN CPU kernels; there is no CUDA implementation).
+
+    Raises:
+        ValueError: an unknown precision.
+        M3AEError: int8 on a non-CPU device (a user choice the user can change).
+    """
+    if requested != "int8":
+        if requested not in INFERENCE_PRECISIONS:
+            raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {requested!r}")
+        return resolve_precision(requested, device)
+    kind = torch.device(device).type
+    if kind != "cpu":
+        from m3ae.errors import M3AEError
+
+        raise M3AEError(f"precision int8 (dynamic quantisation) runs on CPU only, not on {kind}; "
+                         "use precision auto, bf16 or fp16 there, or --device cpu")
+    return Precision("int8", "int8 as asked: dynamic int8 Linear layers (weights int8, activations "
+                             "quantised per batch), everything else fp32")
 
 
 def describe() -> str:

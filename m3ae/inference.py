@@ -143,10 +143,15 @@ class VQAPipeline:
         answers: the answer list, index = VQA head output.
         preprocessing: image size, mean/std and text length.
         device: torch device to run on.
+        image_input: "pixels", or "none" for a question-only model.
+        precision: an `m3ae.hardware.INFERENCE_PRECISIONS` choice: fp32 (the default, exact), auto
+            (bf16 where the hardware runs it natively), bf16, fp16, or int8 (CPU only: the Linear
+            layers are quantised in place, see `m3ae.quantize`).
     """
 
     def __init__(self, model: Any, tokenizer: Any, answers: Sequence[str], preprocessing: Preprocessing,
-                 device: str | torch.device = "cpu", image_input: str = "pixels") -> None:
+                 device: str | torch.device = "cpu", image_input: str = "pixels",
+                 precision: str = "fp32") -> None:
         if "vqa" not in model.heads:
             raise M3AEError("this model has no VQA head (it is a pre-trained or non-VQA model): "
                             "fine-tune it on a VQA dataset first (m3ae finetune)")
@@ -154,8 +159,12 @@ class VQAPipeline:
         if len(answers) != num_outputs:
             raise CheckpointError(f"the answer list has {len(answers)} entries but the VQA head has "
                                   f"{num_outputs} outputs")
+        from m3ae.quantize import autocast_name, prepare_for_inference
+
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        model, self.precision = prepare_for_inference(model.eval(), precision, self.device)
+        self.autocast = autocast_name(self.precision)  # int8 kernels run outside autocast
+        self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.answers = list(answers)
         # the training task computes the logits, so a question-only model ignores the image here too
@@ -166,11 +175,12 @@ class VQAPipeline:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                        allow_download: bool = False) -> VQAPipeline:
+                        allow_download: bool = False, precision: str = "fp32") -> VQAPipeline:
         """Load a model folder written by `M3AE.save_pretrained` (weights, config, answers, tokenizer).
 
         ``model_dir`` may also be a Hub id ("org/name"), resolved through the local Hugging Face
-        cache; it is downloaded only when ``allow_download=True``.
+        cache; it is downloaded only when ``allow_download=True``. ``precision`` as in the
+        constructor.
 
         Raises:
             CheckpointError: a missing folder/file or an inconsistent folder.
@@ -196,7 +206,7 @@ class VQAPipeline:
         tokenizer = load_tokenizer(model_dir if _has_tokenizer_files(model_dir) else None)
         pre = preprocessing_from_config(config, model.config.vision.image_size)
         return cls(model, tokenizer, answers, pre, device=device,
-                   image_input=config.get("image_input", "pixels"))
+                   image_input=config.get("image_input", "pixels"), precision=precision)
 
     # ----------------------------------------------------------------------------------- inputs
     def model_view(self, image: ImageInput) -> Image.Image:
@@ -236,9 +246,12 @@ class VQAPipeline:
     def logits(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                attention_mask: torch.Tensor) -> torch.Tensor:
         """VQA logits for a batch: [B, 3, H, W], [B, L_t] -> [B, A]."""
+        from m3ae.train.loop import autocast_context
+
         batch = {"pixel_values": pixel_values.to(self.device), "input_ids": input_ids.to(self.device),
                  "attention_mask": attention_mask.to(self.device)}
-        return self.task.logits(self.model, batch).float().cpu()
+        with autocast_context(self.autocast, self.device):
+            return self.task.logits(self.model, batch).float().cpu()
 
     def predict_batch(self, images: Sequence[ImageInput], questions: Sequence[str],
                       top_k: int = 1) -> list[list[dict[str, Any]]]:

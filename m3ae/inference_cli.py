@@ -38,6 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     many.add_argument("--output", type=Path, help="CSV to write (input columns + answer, probability)")
     parser.add_argument("--batch-size", type=int, default=16, help="questions per forward pass (batch mode)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_precision_argument(parser)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` of the inference commands (predict, serve): autocast choices plus int8."""
+    from m3ae.hardware import INFERENCE_PRECISIONS
+
+    parser.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
+                        help="auto: bf16 where the hardware runs it natively (CUDA with bf16, a CPU with "
+                             "AVX512-BF16/AMX), else fp32; int8: dynamic int8 Linear layers, CPU only, "
+                             "fastest on CPUs with VNNI (no --explain)")
 
 
 def check_arguments(args: argparse.Namespace) -> str:
@@ -49,6 +60,8 @@ def check_arguments(args: argparse.Namespace) -> str:
     from m3ae.guards import check_device
 
     check_device(args.device, "--device")
+    if getattr(args, "explain", None) is not None and args.precision == "int8":
+        raise M3AEError("--explain needs gradients, which int8 layers do not have: use --precision fp32 or auto")
     if args.frame is not None and args.frame < 0:
         raise M3AEError(f"--frame must be >= 0 (got {args.frame})")
     single = args.image is not None or args.question is not None
@@ -162,5 +175,5 @@ def run(args: argparse.Namespace) -> int:
     from m3ae.inference import VQAPipeline
 
     mode = check_arguments(args)
-    pipe = VQAPipeline.from_pretrained(args.model, device=args.device)
+    pipe = VQAPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
     return run_single(pipe, args) if mode == "single" else run_batch(pipe, args)

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MiB")
     parser.add_argument("--max-batch", type=int, default=32, help="most images per /api/predict_batch request")
+    from m3ae.inference_cli import add_precision_argument
+
+    add_precision_argument(parser)
 
 
 def check_extra() -> None:
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from m3ae.inference import VQAPipeline
     from m3ae.serve.app import ServeLimits, create_app
 
-    pipe = VQAPipeline.from_pretrained(args.model, device=args.device)
+    pipe = VQAPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
     limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_batch=args.max_batch)
     app = create_app(pipe, args.model, limits)
     print(f"m3ae serve: http://{args.host}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr, flush=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from m3ae.hardware import PRECISIONS
+from m3ae.hardware import INFERENCE_PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="a folder written by `m3ae prepare`")
     parser.add_argument("--split", default="test", help="split to evaluate (train, val or test)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples (images for retrieval) per batch")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="autocast precision of the forward passes (auto: bf16 where the hardware runs it natively, else fp32)")
+    parser.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
+                        help="precision of the forward passes (auto: bf16 where the hardware runs it natively, "
+                             "else fp32; int8: dynamic int8 Linear layers, CPU only)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", metavar="DIR", help="also write metrics.json into this folder")
     parser.add_argument("--retrieval", default="full", choices=("full", "two-stage"),

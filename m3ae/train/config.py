@@ -24,6 +24,7 @@ from m3ae.errors import M3AEError
 from m3ae.hardware import PRECISIONS  # auto, fp32, bf16, fp16
 
 TASKS = ("pretrain", "vqa", "cls", "irtr")
+MEMORY_MODES = ("normal", "low")
 GROUPINGS = ("rule", "paper")
 
 
@@ -165,8 +166,17 @@ class TrainArgs:
     """Show a tqdm progress bar (rank 0 only)."""
     tensorboard: bool = True
     """Write TensorBoard events when torch.utils.tensorboard works."""
+    compile: bool = False
+    """torch.compile the transformer blocks (inductor; needs a C++ compiler). The first steps are
+    slow while kernels compile; see m3ae.compiling."""
+    memory: str = "normal"
+    """normal, or low: activation checkpointing in every tower, the fusion and the MIM decoder, plus
+    the optimizer step inside backward (each gradient freed once applied) when the step allows it:
+    one micro-batch per step, no clipping, no fp16 loss scaling, one process (see m3ae.train.memory)."""
 
     def __post_init__(self) -> None:
+        if self.memory not in MEMORY_MODES:
+            raise M3AEError(f"train.memory must be one of {MEMORY_MODES} (got {self.memory!r})")
         if self.precision not in PRECISIONS:
             raise M3AEError(f"train.precision must be one of {PRECISIONS} (got {self.precision!r})")
         if self.batch_size <= 0 or self.per_device_batch_size <= 0:

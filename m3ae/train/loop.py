@@ -23,6 +23,7 @@ from m3ae.hardware import resolve_precision
 from m3ae.train import distributed as D
 from m3ae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from m3ae.train.config import EvalArgs, OptimArgs, TrainArgs
+from m3ae.train.memory import OptimizerInBackward, enable_low_memory, optimizer_in_backward_blockers
 from m3ae.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps_for
 from m3ae.train.runlog import RunLogger
 
@@ -36,6 +37,10 @@ class Task(Protocol):
         self, model: nn.Module, batch: dict[str, torch.Tensor], scale: Callable[[torch.Tensor], torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Computes the named losses (``loss`` = total) and back-propagates ``scale(loss)``."""
+        ...
+
+    def losses_one_graph(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The same named losses as one graph, for a single backward (low-memory mode)."""
         ...
 
 
@@ -139,13 +144,20 @@ def train_step(
     device: torch.device,
     scaler: torch.amp.GradScaler | None,
     clip_grad_norm: float | None,
+    in_backward: OptimizerInBackward | None = None,
 ) -> dict[str, float]:
     """One optimisation step over ``len(micro_batches)`` accumulated micro-batches.
+
+    With ``in_backward`` (the low-memory mode), the one micro-batch's loss is back-propagated once
+    and the optimizer updates each parameter from inside that backward (`OptimizerInBackward`).
 
     Returns:
         The micro-batch mean of every named loss (this rank), ``grad_norm`` when clipping, and
         ``nonfinite`` = 1.0 when any loss was NaN/inf (then the step was *not* applied).
     """
+    if in_backward is not None:
+        return _train_step_in_backward(task, model, optimizer, micro_batches, step=step, seed=seed,
+                                       precision=precision, device=device, in_backward=in_backward)
     info = D.dist_info()
     accum = len(micro_batches)
     sums: dict[str, float] = {}
@@ -179,6 +191,28 @@ def train_step(
     else:
         optimizer.step()
     return sums
+
+
+def _train_step_in_backward(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,
+                            micro_batches: list[dict[str, torch.Tensor]], *, step: int, seed: int,
+                            precision: str, device: torch.device,
+                            in_backward: OptimizerInBackward) -> dict[str, float]:
+    """`train_step` with the update inside backward: one micro-batch, one backward, no clipping.
+
+    The loss is checked *before* backward, so a NaN/inf loss still leaves the weights untouched.
+    """
+    if len(micro_batches) != 1:
+        raise M3AEError(f"the optimizer step inside backward takes one micro-batch, got {len(micro_batches)}")
+    optimizer.zero_grad(set_to_none=True)
+    torch.manual_seed(micro_seed(seed, step, D.dist_info().rank))
+    with autocast_context(precision, device):
+        losses = task.losses_one_graph(model, to_device(micro_batches[0], device))
+    stats = {name: float(value.detach().float()) for name, value in losses.items()}
+    if not all(math.isfinite(v) for v in stats.values()):
+        return {**stats, "nonfinite": 1.0}
+    with in_backward.armed():
+        losses["loss"].backward()
+    return stats
 
 
 def _windows(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -259,6 +293,7 @@ def fit(
         logger.truncate_after(0)  # a fresh run starts a fresh log
     logger.log({"step": state.step, "precision": precision.name, "precision_reason": precision.reason},
                prefix="run")
+    in_backward = _apply_speed_options(model, optimizer, train, optim, accum, scaler, logger, state.step)
     if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
         meta = load_checkpoint(path, model, optimizer)
         state = _State(**meta["loop"])
@@ -318,7 +353,7 @@ def fit(
                 stats = train_step(
                     task, model, optimizer, window, step=state.step, seed=train.seed,
                     precision=precision.name, device=device, scaler=scaler,
-                    clip_grad_norm=optim.clip_grad_norm,
+                    clip_grad_norm=optim.clip_grad_norm, in_backward=in_backward,
                 )
                 if stats.pop("nonfinite", 0.0):
                     last = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
@@ -362,7 +397,36 @@ def fit(
     finally:
         progress.close()
         logger.close()
+        if in_backward is not None:  # the model may train again elsewhere, with its own optimizer
+            in_backward.remove()
     return FitResult(state.step, state.best_metric, state.best_step, last_metrics)
+
+
+def _apply_speed_options(model: nn.Module, optimizer: torch.optim.Optimizer, train: TrainArgs,
+                         optim: OptimArgs, accum: int, scaler: Any, logger: RunLogger,
+                         step: int) -> OptimizerInBackward | None:
+    """``train.memory`` and ``train.compile``; returns the in-backward optimizer of ``memory: low``
+    (None when the step does not allow it, which is logged and printed with the reasons)."""
+    in_backward = None
+    if train.memory == "low":
+        enable_low_memory(model)
+        blockers = optimizer_in_backward_blockers(accum=accum, clip_grad_norm=optim.clip_grad_norm,
+                                                  scaler=scaler, world_size=D.dist_info().world_size)
+        if blockers:
+            note = ("train.memory low: activation checkpointing only; the optimizer step stays after "
+                    "backward because of " + "; ".join(blockers))
+            if D.dist_info().is_main:
+                print(note, flush=True)
+        else:
+            in_backward = OptimizerInBackward(optimizer)
+            note = "train.memory low: activation checkpointing and the optimizer step inside backward"
+        logger.log({"step": step, "memory": train.memory, "memory_note": note}, prefix="run")
+    if train.compile:
+        from m3ae.compiling import compile_model
+
+        compile_model(model)
+        logger.log({"step": step, "compile": True}, prefix="run")
+    return in_backward
 
 
 def _fmt(stats: dict[str, float]) -> str:

@@ -19,6 +19,7 @@ from torch import nn
 from m3ae.errors import M3AEError
 from m3ae.hardware import resolve_precision
 from m3ae.metrics import mean_sd
+from m3ae.quantize import autocast_name
 from m3ae.train import distributed as D
 from m3ae.train import evaluation as E
 from m3ae.train.checkpoint import atomic_write_text
@@ -420,7 +421,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     if not (model_dir / "config.json").is_file():
         raise M3AEError(f"{model_dir}: not a model folder (no config.json); pass a run's best/ folder")
     meta = read_metadata(model_dir)
-    model = M3AE.from_pretrained(model_dir).to(resolve_device(device))
+    model, resolved = _inference_model(M3AE.from_pretrained(model_dir), precision, resolve_device(device))
+    precision = autocast_name(resolved)  # int8: quantised kernels, no autocast
     task = meta.get("task") or next((t for t in ("vqa", "cls", "irtr") if t in model.config.heads), None)
     if task not in ("vqa", "cls", "irtr"):
         raise M3AEError(f"{model_dir}: the model has no vqa, cls or irtr head to evaluate")
@@ -443,13 +445,22 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     data = _eval_dataset(cfg, data_dir, split, tokenizer)
     metrics = evaluate_split(task, model, data, cfg.eval, precision, make_task(task, **task_options(task_args)),
                              progress=progress)
-    report = {"task": task, "dataset": summary.get("dataset"), "split": split, "model": str(model_dir), **metrics}
+    report = {"task": task, "dataset": summary.get("dataset"), "split": split, "model": str(model_dir),
+              "precision": resolved.name, **metrics}
     if D.dist_info().is_main:
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(report, indent=2) + "\n")
         print(format_table(report, title=f"{task} on {summary.get('dataset')} ({split} split)"), flush=True)
     return report
+
+
+def _inference_model(model: nn.Module, precision: str, device: torch.device) -> tuple[nn.Module, Any]:
+    """The model on ``device`` at an inference precision (int8 quantises it; CPU only)."""
+    from m3ae.quantize import prepare_for_inference
+
+    model, resolved = prepare_for_inference(model, precision, device)
+    return model.to(device), resolved
 
 
 def format_table(report: dict[str, Any], title: str = "metrics") -> str:

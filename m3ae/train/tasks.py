@@ -57,6 +57,11 @@ class BaseTask:
         """Named scalar losses; ``loss`` is the one optimised."""
         raise NotImplementedError
 
+    def losses_one_graph(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """`losses` as one autograd graph, for a single backward (the low-memory mode's optimizer
+        step inside backward needs each gradient complete when its hook fires)."""
+        return self.losses(model, batch)
+
     def forward_backward(self, model: nn.Module, batch: Batch, scale: Scale) -> dict[str, torch.Tensor]:
         """Computes `losses` and back-propagates ``scale(loss)``; returns detached losses."""
         out = self.losses(model, batch)
@@ -136,6 +141,17 @@ class PretrainTask(BaseTask):
         out = model.encode(itm_pix, ids, mask)
         itm = L.itm_loss(model.heads["itm"](out.cls_feats), batch["itm_labels"])
         parts = {"mlm_loss": mlm, "mim_loss": mim, "itm_loss": itm}
+        return {"loss": self._total(parts), **parts}
+
+    def losses_one_graph(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """The three passes of `forward_backward`, sharing the tower outputs the same way, in one
+        graph (one backward). Same losses, gradients and random draws as `forward_backward`; the
+        graphs of all three passes live together, which activation checkpointing keeps small."""
+        self.check_batch(batch)
+        image = model.embed_image(batch["pixel_values"]).embeds  # [B, 1+L_i, D]
+        text = model.embed_text(batch["input_ids"], batch["attention_mask"])  # [B, L_t, D]
+        parts = {"mlm_loss": self.mlm_pass(model, batch, image), "mim_loss": self.mim_pass(model, batch, text),
+                 "itm_loss": self.itm_pass(model, batch, image, text)}
         return {"loss": self._total(parts), **parts}
 
     def forward_backward(self, model: nn.Module, batch: Batch, scale: Scale) -> dict[str, torch.Tensor]:

@@ -1,0 +1,352 @@
+"""Time one job on this machine: a pre-training step, a VQA fine-tuning step or VQA inference.
+
+Each run happens in a fresh Python process, so its peak memory (peak RSS) is its own and
+nothing compiled or cached by an earlier run helps it. Weights are random (speed and memory do
+not depend on their values) and batches are synthetic, with the paper's shapes by default:
+pre-training batch 4, 288 px, 64 tokens; VQA fine-tuning batch 4, 384 px, 32 tokens, 498
+answers (VQA-RAD); inference batch 1, 384 px, 32 tokens. A training step is the forward pass,
+backward and the AdamW update, exactly as `m3ae pretrain` / `m3ae finetune` run it.
+
+Examples:
+    m3ae bench --job infer
+    m3ae bench --job infer --precision int8 --json
+    m3ae bench --job pretrain --memory low --threads 2 --steps 3
+    m3ae bench --job vqa --size m3ae-tiny --image-size 32 --text-len 16 --steps 2 --warmup 1
+
+Timings are medians of the timed steps after the warm-up steps; on a machine that other jobs
+share, they measure the others too (the output gives the load average, and CPU seconds per step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+from m3ae.errors import M3AEError
+
+JOBS = ("pretrain", "vqa", "infer")
+PAPER_SHAPES = {  # job -> (batch, image size, text length) of the paper's recipes
+    "pretrain": (4, 288, 64),
+    "vqa": (4, 384, 32),
+    "infer": (1, 384, 32),
+}
+NUM_ANSWERS = 498  # VQA-RAD's answer list
+MASK_TOKEN_ID, BOS_ID, EOS_ID = 50264, 0, 2  # RoBERTa's <mask>, <s>, </s>
+
+
+@dataclass
+class BenchSpec:
+    """One benchmark run (what the child process receives as JSON)."""
+
+    job: str = "infer"
+    """pretrain, vqa (a fine-tuning step) or infer (VQA logits, no gradients)."""
+    size: str = "m3ae-base"
+    """Model preset (`m3ae.list_models()`)."""
+    batch: int | None = None
+    """Samples per step; None = the paper's for the job."""
+    steps: int = 3
+    """Timed steps (the median is reported)."""
+    warmup: int = 1
+    """Untimed steps first (allocator, optimizer state; kernel compilation with compile)."""
+    precision: str = "auto"
+    """auto, fp32, bf16, fp16, or int8 (infer only)."""
+    threads: int = 0
+    """torch intra-op threads; 0 = torch's default."""
+    image_size: int | None = None
+    """Input side in pixels; None = the paper's (288 pre-training, 384 VQA)."""
+    text_len: int | None = None
+    """Tokens per text; None = the paper's (64 pre-training, 32 VQA)."""
+    memory: str = "normal"
+    """normal or low (training jobs: checkpointing + the optimizer step inside backward)."""
+    compile: bool = False
+    """torch.compile the transformer blocks (m3ae.compiling)."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing alone (what memory low adds first); for benchmarks/bench_train.py."""
+    device: str = "cpu"
+    """cpu or cuda."""
+
+
+def check_spec(spec: BenchSpec) -> None:
+    """Reject impossible combinations with one line each.
+
+    Raises:
+        M3AEError: naming the option.
+    """
+    from m3ae.hardware import INFERENCE_PRECISIONS
+    from m3ae.train.config import MEMORY_MODES
+
+    if spec.job not in JOBS:
+        raise M3AEError(f"--job must be one of {JOBS} (got {spec.job!r})")
+    if spec.precision not in INFERENCE_PRECISIONS:
+        raise M3AEError(f"--precision must be one of {INFERENCE_PRECISIONS} (got {spec.precision!r})")
+    if spec.precision == "int8" and spec.job != "infer":
+        raise M3AEError(f"--precision int8 is for --job infer only: int8 layers have no gradients to "
+                        f"train with (got --job {spec.job})")
+    if spec.memory not in MEMORY_MODES:
+        raise M3AEError(f"--memory must be one of {MEMORY_MODES} (got {spec.memory!r})")
+    if spec.memory == "low" and spec.job == "infer":
+        raise M3AEError("--memory low is a training mode (pretrain, vqa); inference keeps no activations")
+    for name in ("steps", "batch", "image_size", "text_len"):
+        value = getattr(spec, name)
+        if value is not None and value < 1:
+            raise M3AEError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    if spec.warmup < 0 or spec.threads < 0:
+        raise M3AEError("--warmup and --threads must be >= 0")
+    if spec.text_len is not None and spec.text_len < 3:
+        raise M3AEError(f"--text-len must be at least 3 (<s>, a token, </s>), got {spec.text_len}")
+
+
+def resolve_shapes(spec: BenchSpec) -> tuple[int, int, int]:
+    """(batch, image size, text length): the spec's, else the paper's for the job (whatever the
+    preset: a quick tiny run passes e.g. ``--image-size 32 --text-len 16``)."""
+    batch, image, text_len = PAPER_SHAPES[spec.job]
+    return spec.batch or batch, spec.image_size or image, spec.text_len or text_len
+
+
+def synthetic_batch(job: str, config, batch: int, text_len: int, num_answers: int, device, seed: int = 0) -> dict:
+    """A batch with the keys and shapes the job's task reads (random values, fixed seed).
+
+    Pre-training masks every 7th token for MLM and pairs half the images with another one for
+    ITM; VQA targets are one answer per question.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    size, n = config.vision.image_size, config.vision.num_patches
+    ids = torch.randint(3, min(1000, config.text.vocab_size), (batch, text_len), generator=g)
+    ids[:, 0], ids[:, -1] = BOS_ID, EOS_ID
+    out = {"pixel_values": torch.randn(batch, 3, size, size, generator=g), "input_ids": ids,
+           "attention_mask": torch.ones(batch, text_len, dtype=torch.long)}
+    if job == "pretrain":
+        labels = torch.full((batch, text_len), -100)
+        labels[:, 1:text_len - 1:7] = ids[:, 1:text_len - 1:7]
+        out.update(mlm_input_ids=torch.where(labels != -100, MASK_TOKEN_ID % config.text.vocab_size, ids),
+                   mlm_labels=labels, image_noise=torch.rand(batch, n, generator=g),
+                   itm_labels=torch.tensor([i % 2 for i in range(batch)]),
+                   itm_pixel_values=torch.randn(batch, 3, size, size, generator=g))
+    else:
+        out["vqa_targets"] = torch.nn.functional.one_hot(torch.arange(batch) % num_answers, num_answers).float()
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (less sensitive than wall time to other jobs)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _load_avg() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def _build(spec: BenchSpec, device):
+    """The model (random weights, heads of the job) and its resolved shapes."""
+    import torch
+
+    from m3ae.models import M3AE, ModelConfig
+
+    config = ModelConfig.from_name(spec.size)
+    batch, image, text_len = resolve_shapes(spec)
+    heads = ["mlm", "mim", "itm"] if spec.job == "pretrain" else ["vqa"]
+    config = config.with_heads(heads, num_answers=NUM_ANSWERS).with_image_size(image)
+    torch.manual_seed(0)
+    return M3AE(config).to(device), batch, image, text_len
+
+
+def _step_function(spec: BenchSpec, model, batch: dict, precision: str, device):
+    """A callable that runs one step of the job (inference, or a full training step)."""
+    import torch
+
+    from m3ae.train.loop import autocast_context, train_step
+    from m3ae.train.tasks import PretrainTask, VQATask
+
+    if spec.job == "infer":
+        model.eval()
+        task = VQATask()
+
+        def infer() -> None:
+            with torch.no_grad(), autocast_context(precision, device):
+                task.logits(model, batch)
+        return infer
+
+    from m3ae.train.config import OptimArgs
+    from m3ae.train.memory import OptimizerInBackward
+    from m3ae.train.optim import build_optimizer
+
+    model.train()
+    task = PretrainTask() if spec.job == "pretrain" else VQATask()
+    opt = build_optimizer(model, OptimArgs(lr=1e-5, warmup_steps=0, warmup_ratio=None))
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    in_backward = OptimizerInBackward(opt) if spec.memory == "low" and scaler is None else None
+    counter = iter(range(1 << 30))
+
+    def train() -> None:
+        train_step(task, model, opt, [batch], step=next(counter), seed=0, precision=precision, device=device,
+                   scaler=scaler, clip_grad_norm=None, in_backward=in_backward)
+    return train
+
+
+def run_here(spec: BenchSpec) -> dict:
+    """Run ``spec`` in this process and return its measurements (the child side of `run_job`)."""
+    import torch
+
+    from m3ae.hardware import cpu_bf16, resolve_inference_precision, usable_cores
+    from m3ae.quantize import autocast_name, quantize_int8
+
+    check_spec(spec)
+    load_start = _load_avg()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = torch.device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise M3AEError("--device cuda but no CUDA device is available")
+    precision = resolve_inference_precision(spec.precision, device)
+    model, batch_size, image, text_len = _build(spec, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    if spec.memory == "low" or spec.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if precision.name == "int8":
+        quantize_int8(model)
+    if spec.compile:
+        from m3ae.compiling import compile_model
+
+        compile_model(model)
+    batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
+    step = _step_function(spec, model, batch, autocast_name(precision), device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    for _ in range(spec.warmup):
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t0
+    times, cpu_times = [], []
+    for _ in range(spec.steps):
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(_cpu_seconds() - c0)
+    sec = sorted(times)[len(times) // 2]  # median (the upper one for an even count)
+    result = {
+        **asdict(spec), "batch": batch_size, "image_size": image, "text_len": text_len,
+        "num_answers": NUM_ANSWERS if spec.job != "pretrain" else None,
+        "precision_requested": spec.precision, "precision": precision.name, "precision_reason": precision.reason,
+        "sec_per_step": sec, "cpu_sec_per_step": sorted(cpu_times)[len(cpu_times) // 2],
+        "samples_per_s": batch_size / sec, "warmup_s": warmup_s, "step_times": times,
+        # Linux reports ru_maxrss in KiB
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "params_m": n_params / 1e6, "threads": torch.get_num_threads(), "usable_cores": usable_cores(),
+        "cpu_bf16": bool(cpu_bf16()), "load_avg": load_start, "load_avg_end": _load_avg(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def run_job(spec: BenchSpec) -> dict:
+    """Run ``spec`` in a fresh Python process (its own peak RSS) and return its measurements.
+
+    Raises:
+        M3AEError: the child's error, as its last line of output.
+    """
+    check_spec(spec)
+    cmd = [sys.executable, "-m", "m3ae.bench", "--child", json.dumps(asdict(spec))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit code {proc.returncode}"]
+        raise M3AEError(f"the {spec.job} benchmark failed: {lines[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def format_result(r: dict) -> str:
+    """One readable line."""
+    extras = [f"memory {r['memory']}" if r["job"] != "infer" else "", "compiled" if r["compile"] else ""]
+    extras = ", ".join(e for e in extras if e)
+    return (f"{r['job']} {r['size']} batch {r['batch']} ({r['image_size']} px, {r['text_len']} tokens), "
+            f"{r['precision']}{', ' + extras if extras else ''}: {r['sec_per_step']:.3f} s/step "
+            f"(CPU {r['cpu_sec_per_step']:.2f} s), {r['samples_per_s']:.2f} samples/s, peak RSS "
+            f"{r['peak_rss_gib']:.2f} GiB | {r['threads']} thread(s), CPU bf16 {'yes' if r['cpu_bf16'] else 'no'}, "
+            f"load avg {r['load_avg']}")
+
+
+# ------------------------------------------------------------------------------------ the CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `m3ae bench`."""
+    from m3ae.hardware import INFERENCE_PRECISIONS
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--job", required=True, choices=JOBS,
+                        help="pretrain: one pre-training step (MLM+MIM+ITM, backward, AdamW); vqa: one VQA "
+                             "fine-tuning step; infer: VQA logits for one batch, no gradients")
+    parser.add_argument("--size", default="m3ae-base", help="model preset (m3ae-base, m3ae-tiny, ...); default m3ae-base")
+    parser.add_argument("--batch", type=int, help="samples per step (default: the paper's, 4 for pretrain/vqa, 1 for infer)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps; the median is reported (default 3)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed steps first (default 1; give 2-3 with --compile, whose first steps compile)")
+    parser.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
+                        help="auto (bf16 where native, else fp32), fp32, bf16, fp16 (CUDA), or int8 (dynamic int8 "
+                             "Linear layers; --job infer on CPU only). Default auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default 0 = torch's default)")
+    parser.add_argument("--image-size", type=int, help="image side in pixels (default: 288 pretrain, 384 vqa/infer)")
+    parser.add_argument("--text-len", type=int, help="tokens per text (default: 64 pretrain, 32 vqa/infer)")
+    parser.add_argument("--memory", default="normal", choices=("normal", "low"),
+                        help="training jobs: low = activation checkpointing + the optimizer step inside backward "
+                             "(train.memory low). Default normal")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer blocks (inductor, needs gcc/clang)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON line (sec_per_step, samples_per_s, peak_rss_gib, precision, threads, "
+                             "cpu_bf16, load_avg, shapes, ...) instead of a readable line")
+
+
+def spec_from_args(args: argparse.Namespace) -> BenchSpec:
+    """The `BenchSpec` of parsed `m3ae bench` options."""
+    names = {f.name for f in fields(BenchSpec)}
+    return BenchSpec(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `m3ae bench`."""
+    from m3ae.guards import check_device
+
+    check_device(args.device, "--device")
+    result = run_job(spec_from_args(args))
+    print(json.dumps(result) if args.json else format_result(result), flush=True)
+    return 0
+
+
+def _child(payload: str) -> int:
+    """``python -m m3ae.bench --child SPEC_JSON``: run here, print the result as one JSON line."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        result = run_here(BenchSpec(**json.loads(payload)))
+    except M3AEError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a compile failure deep inside torch, an OOM: one line
+        if os.environ.get("M3AE_DEBUG"):
+            raise
+        text = " ".join(str(err).split())[:400]
+        print(f"error: {type(err).__name__}: {text}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        sys.exit(_child(sys.argv[2]))
+    from m3ae.cli import main
+
+    sys.exit(main(["bench", *sys.argv[1:]]))

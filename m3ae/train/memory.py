@@ -1,0 +1,114 @@
+"""The low-memory training mode (``train.memory: low``).
+
+Peak memory of a training step is weights + AdamW state + gradients + activations. ``low`` cuts
+two of them:
+
+1. **Activation checkpointing** (`M3AE.set_grad_checkpointing`) in the vision tower, the text
+   tower, the fusion layers and the MIM decoder: only block inputs are kept in the forward pass;
+   each block is recomputed in backward (about one more forward pass of compute).
+2. **The optimizer step inside backward** (`OptimizerInBackward`): a hook on each parameter
+   applies AdamW to it as soon as its gradient is complete and then frees that gradient, so the
+   gradients of the whole model never exist at once (1.3 GiB at base size in fp32).
+
+(2) needs every gradient to be final when its hook fires, which holds only when:
+
+- the step has one micro-batch (no gradient accumulation: batch_size == per_device_batch_size);
+- nothing looks at all gradients before the update: no ``optim.clip_grad_norm``, no fp16
+  GradScaler (it unscales and checks every gradient), a single process (DDP averages gradients
+  after backward);
+- the loss is back-propagated once: tasks provide `losses_one_graph` for that (pre-training's
+  default per-pass backward would fire the hooks after the first pass).
+
+When any of these fails, ``low`` keeps (1) and says why (`optimizer_in_backward_blockers`).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def optimizer_in_backward_blockers(*, accum: int, clip_grad_norm: float | None, scaler: object | None,
+                                   world_size: int) -> list[str]:
+    """Why the optimizer step cannot run inside backward for these settings (empty = it can)."""
+    reasons = []
+    if accum != 1:
+        reasons.append(f"gradient accumulation over {accum} micro-batches (set train.batch_size = "
+                       "train.per_device_batch_size x processes)")
+    if clip_grad_norm is not None:
+        reasons.append("optim.clip_grad_norm needs every gradient before the step")
+    if scaler is not None:
+        reasons.append("fp16 loss scaling checks every gradient before the step")
+    if world_size != 1:
+        reasons.append(f"{world_size} processes average gradients after backward")
+    return reasons
+
+
+class OptimizerInBackward:
+    """Applies ``optimizer``'s update to each parameter from a post-accumulate-grad hook.
+
+    Each parameter gets a one-parameter optimizer of the same class and defaults (fused AdamW
+    where available), whose ``state`` *is* the main optimizer's: the update, the moments and the
+    checkpointed ``optimizer.state_dict()`` are exactly those of ``optimizer.step()``. Hyper-
+    parameters (the scheduled lr, weight decay) are read from the parameter's group at each step.
+
+    The hooks act only inside `armed()`, so evaluation passes and anything else that calls
+    backward are unaffected.
+
+    Args:
+        optimizer: the training optimizer (built by `m3ae.train.optim.build_optimizer`).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self._armed = False
+        self._handles = []
+        self.steps = 0
+        """Parameter updates applied by the hooks since the last `armed()` began."""
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._hook_for(p, group)))
+
+    def _hook_for(self, param: nn.Parameter, group: dict) -> callable:
+        # the same class and settings (fused or not); `defaults` may hold keys the constructor
+        # does not take (torch's AdamW records decoupled_weight_decay), so keep only its arguments
+        accepted = inspect.signature(type(self.optimizer).__init__).parameters
+        single = type(self.optimizer)([param], **{k: v for k, v in self.optimizer.defaults.items()
+                                                  if k in accepted})
+
+        def hook(p: torch.Tensor) -> None:
+            if not self._armed:
+                return
+            # load_state_dict replaces the main optimizer's state dict: look it up at every step
+            single.state = self.optimizer.state
+            single.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
+            single.step()
+            p.grad = None  # the point of the mode: this gradient's memory is free from here on
+            self.steps += 1
+
+        return hook
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        """Inside: every completed gradient is applied and freed."""
+        self._armed, self.steps = True, 0
+        try:
+            yield
+        finally:
+            self._armed = False
+
+    def remove(self) -> None:
+        """Remove the hooks (the parameters go back to plain gradient accumulation)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def enable_low_memory(model: nn.Module) -> None:
+    """Activation checkpointing in every tower, the fusion layers and the MIM decoder."""
+    set_ckpt = getattr(model, "set_grad_checkpointing", None)
+    if set_ckpt is not None:
+        set_ckpt(True)

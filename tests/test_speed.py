@@ -1,0 +1,235 @@
+"""Speed and memory options: int8 inference, torch.compile, the low-memory mode, `m3ae bench`.
+
+Each test guards an invariant at m3ae-tiny size: an option changes how fast or how big a step is,
+never what it computes (beyond the stated tolerance of int8).
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from m3ae.models import M3AE, ModelConfig
+from m3ae.train.config import OptimArgs
+from m3ae.train.loop import train_step
+from m3ae.train.memory import OptimizerInBackward, enable_low_memory, optimizer_in_backward_blockers
+from m3ae.train.optim import build_optimizer
+from m3ae.train.tasks import PretrainTask, VQATask
+
+NUM_ANSWERS = 7
+
+
+def _batch(job: str, config: ModelConfig, batch: int = 4, text_len: int = 12, seed: int = 0) -> dict:
+    """A synthetic batch for ``job`` (pretrain or vqa) at the model's image size."""
+    from m3ae.bench import synthetic_batch
+
+    return synthetic_batch(job, config, batch, text_len, NUM_ANSWERS, torch.device("cpu"), seed=seed)
+
+
+def _model(job: str) -> M3AE:
+    torch.manual_seed(0)
+    heads = ["mlm", "mim", "itm"] if job == "pretrain" else ["vqa"]
+    return M3AE(ModelConfig.from_name("m3ae-tiny").with_heads(heads, num_answers=NUM_ANSWERS)).train()
+
+
+# -------------------------------------------------------------------------------- low memory
+# eps = 1 makes AdamW's update nearly linear in the gradient (g / (sqrt(v) + 1)), so parameters
+# after a step differ only as much as the gradients do; with the default eps a gradient of ~0 has
+# update ±lr whatever its sign, and rounding noise would look like a different step.
+LINEAR_ADAM = OptimArgs(lr=1e-2, eps=1.0, weight_decay=0.01, warmup_steps=0, warmup_ratio=None)
+
+
+@pytest.mark.parametrize("job", ["pretrain", "vqa"])
+def test_low_memory_mode_takes_the_same_steps(job):
+    """Checkpointing + optimizer step inside backward = the normal step (two steps, AdamW state)."""
+    task = PretrainTask() if job == "pretrain" else VQATask()
+    normal = _model(job)
+    low = copy.deepcopy(normal)
+    enable_low_memory(low)
+    opt_normal, opt_low = build_optimizer(normal, LINEAR_ADAM), build_optimizer(low, LINEAR_ADAM)
+    in_backward = OptimizerInBackward(opt_low)
+    cpu = torch.device("cpu")
+    for step in range(2):
+        batch = _batch(job, normal.config, seed=step)
+        a = train_step(task, normal, opt_normal, [batch], step=step, seed=0, precision="fp32", device=cpu,
+                       scaler=None, clip_grad_norm=None)
+        b = train_step(task, low, opt_low, [batch], step=step, seed=0, precision="fp32", device=cpu,
+                       scaler=None, clip_grad_norm=None, in_backward=in_backward)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+        trainable = sum(1 for p in low.parameters() if p.requires_grad)
+        assert in_backward.steps == trainable  # every parameter was updated once, from its hook
+        assert all(p.grad is None for p in low.parameters())  # and its gradient freed
+    for (name, p), q in zip(normal.named_parameters(), low.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    # the optimizer state is the main optimizer's (what checkpoints save)
+    assert len(opt_low.state) == len(opt_normal.state)
+
+
+def test_low_memory_blockers_name_each_reason():
+    assert optimizer_in_backward_blockers(accum=1, clip_grad_norm=None, scaler=None, world_size=1) == []
+    reasons = optimizer_in_backward_blockers(accum=2, clip_grad_norm=1.0, scaler=object(), world_size=2)
+    assert len(reasons) == 4 and "accumulation" in reasons[0] and "clip_grad_norm" in reasons[1]
+
+
+def test_train_memory_override_parses_and_rejects_unknown_modes():
+    from m3ae.errors import M3AEError
+    from m3ae.train.config import RunConfig, apply_overrides
+
+    cfg = apply_overrides(RunConfig(), ["--train.memory", "low", "--train.compile", "true"])
+    assert cfg.train.memory == "low" and cfg.train.compile is True
+    with pytest.raises(M3AEError, match="train.memory must be one of"):
+        apply_overrides(RunConfig(), ["--train.memory", "tiny"])
+
+
+def test_fit_with_memory_low_matches_normal_and_logs_why_it_falls_back(tmp_path):
+    """`fit` with train.memory low: the same parameters as normal; with accumulation it keeps only
+    checkpointing and says why in the run log."""
+    from test_train_loop import ToyModel, ToyTask, toy_loaders
+
+    from m3ae.train.config import EvalArgs, TrainArgs
+    from m3ae.train.loop import fit
+    from m3ae.train.runlog import read_log
+
+    class OneGraphToyTask(ToyTask):
+        def losses_one_graph(self, model, batch):
+            loss = ((model(batch["x"]) - batch["y"]) ** 2).mean()
+            return {"loss": loss, "mse": loss}
+
+    params = {}
+    for memory, per_device in (("normal", 4), ("low", 4), ("low", 2)):
+        model = ToyModel()
+        train = TrainArgs(batch_size=4, per_device_batch_size=per_device, max_steps=4, log_every=1,
+                          progress=False, tensorboard=False, precision="fp32", memory=memory)
+        run_dir = tmp_path / f"{memory}_{per_device}"
+        fit(OneGraphToyTask(), model, toy_loaders(per_device), LINEAR_ADAM, train, EvalArgs(), run_dir=run_dir)
+        params[(memory, per_device)] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        notes = [r["memory_note"] for r in read_log(run_dir, "run") if "memory_note" in r]
+        if memory == "low":
+            assert ("inside backward" in notes[0]) == (per_device == 4)
+            assert per_device == 4 or "gradient accumulation" in notes[0]
+    torch.testing.assert_close(params[("low", 4)], params[("normal", 4)], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- int8
+def test_int8_logits_agree_with_fp32():
+    """Dynamic int8 quantisation keeps the VQA answer of (nearly) every random input.
+
+    Measured on m3ae-tiny (random weights, 64 inputs): argmax agreement 100%, max |logit
+    difference| 0.008 for logits of magnitude up to 0.17; the bounds below leave room for
+    other CPUs' int8 kernels.
+    """
+    from m3ae.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("m3ae-tiny").with_heads(["vqa"], num_answers=NUM_ANSWERS)
+    model = M3AE(config).eval()
+    batch = _batch("vqa", config, batch=64, text_len=16, seed=1)
+    task = VQATask()
+    with torch.no_grad():
+        ref = task.logits(model, batch)
+        out = task.logits(quantize_int8(model), batch)
+    assert type(model.fusion.text_layers[0].fc1).__name__ == "Linear"  # the dynamic int8 class
+    assert "quantized" in type(model.fusion.text_layers[0].fc1).__module__
+    assert "quantized" not in type(model.heads["vqa"].fc2).__module__  # heads stay fp32
+    agree = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    assert agree >= 0.9
+    assert (out - ref).abs().max().item() < 0.05
+
+
+def test_int8_is_inference_and_cpu_only():
+    from m3ae.bench import BenchSpec, check_spec
+    from m3ae.errors import M3AEError
+    from m3ae.hardware import INFERENCE_PRECISIONS, PRECISIONS, resolve_inference_precision
+
+    assert "int8" in INFERENCE_PRECISIONS and "int8" not in PRECISIONS
+    assert resolve_inference_precision("int8", "cpu").name == "int8"
+    with pytest.raises(M3AEError, match="CPU only"):
+        resolve_inference_precision("int8", "cuda")
+    with pytest.raises(M3AEError, match="--job infer only"):
+        check_spec(BenchSpec(job="vqa", precision="int8"))
+
+
+def test_predict_cli_int8(tmp_path, capsys):
+    from test_inference import ANSWERS
+
+    from m3ae.cli import main
+    from m3ae.data import load_tokenizer
+
+    from PIL import Image
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("m3ae-tiny").with_heads(["vqa"], num_answers=len(ANSWERS))
+    M3AE(config).save_pretrained(tmp_path / "model", tokenizer=load_tokenizer(),
+                                 extra={"answers": ANSWERS, "preprocessing": {"max_text_len": 16}})
+    Image.new("L", (40, 40), 128).save(tmp_path / "scan.png")
+    argv = ["predict", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "scan.png"),
+            "--question", "is this a ct?", "--json"]
+    assert main([*argv, "--precision", "int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out)["answers"]
+    assert main([*argv, "--precision", "fp32"]) == 0
+    fp32 = json.loads(capsys.readouterr().out)["answers"]
+    assert int8[0]["answer"] == fp32[0]["answer"]
+    assert main([*argv, "--precision", "int8", "--explain", str(tmp_path / "h.png")]) == 2
+    assert "int8" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- compile
+def _compile_parity(backend: str, job: str) -> None:
+    """Compiled and eager give the same outputs, and (training) the same gradients."""
+    from m3ae.compiling import compile_model
+
+    task = PretrainTask() if job == "pretrain" else VQATask()
+    eager = _model(job)
+    compiled = compile_model(copy.deepcopy(eager), backend=backend)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # names unchanged
+    batch = _batch(job, eager.config, batch=2, text_len=12)
+    grads = []
+    for model in (eager, compiled):
+        torch.manual_seed(0)
+        losses = task.forward_backward(model, batch, lambda loss: loss)
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        grads[-1]["loss"] = losses["loss"]
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compiled_blocks_match_eager_traced():
+    """Dynamo + AOTAutograd without code generation (seconds): the compiled wiring is exact."""
+    _compile_parity("aot_eager", "vqa")
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_inductor():
+    """Inductor's generated C++ kernels (tens of seconds to minutes of gcc on a first run)."""
+    _compile_parity("inductor", "vqa")
+
+
+# ------------------------------------------------------------------------------------ bench
+def test_bench_cli_json_runs_the_job_in_a_fresh_process(capsys):
+    from m3ae.cli import main
+
+    tiny = ["--size", "m3ae-tiny", "--image-size", "32", "--text-len", "16", "--steps", "1", "--warmup", "0",
+            "--threads", "1", "--json"]
+    assert main(["bench", "--job", "infer", "--precision", "int8", *tiny]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("sec_per_step", "samples_per_s", "peak_rss_gib", "precision", "threads", "cpu_bf16",
+                "load_avg", "batch", "image_size", "text_len"):
+        assert key in result, key
+    assert result["precision"] == "int8" and result["threads"] == 1 and isinstance(result["cpu_bf16"], bool)
+    assert result["batch"] == 1 and result["image_size"] == 32  # the paper's batch, the size asked
+    assert main(["bench", "--job", "vqa", "--precision", "int8", *tiny]) == 2
+    assert "--job infer only" in capsys.readouterr().err
+
+
+def test_bench_training_step_in_process_low_memory():
+    """The child side (`run_here`) of a pre-training step with memory low: the paper's batch of 4."""
+    from m3ae.bench import BenchSpec, run_here
+
+    result = run_here(BenchSpec(job="pretrain", size="m3ae-tiny", image_size=32, text_len=16, steps=1,
+                                warmup=0, memory="low", precision="fp32"))
+    assert result["batch"] == 4 and result["precision"] == "fp32" and result["sec_per_step"] > 0
