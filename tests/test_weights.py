@@ -13,7 +13,8 @@ import torch
 
 from m3ae.cli import main
 from m3ae.errors import CheckpointError, M3AEError
-from m3ae.models import M3AE, ModelConfig, create_model
+from m3ae import create_model
+from m3ae.models import M3AE, ModelConfig
 from m3ae.weights.io import load_state_dict_checked, read_metadata
 from m3ae.weights.unpickle import Placeholder, RestrictedUnpickler, load_checkpoint_file
 from m3ae.weights.upstream import convert_upstream_state_dict, load_upstream, to_upstream_state_dict

@@ -9,9 +9,7 @@ recipe fails when it is read, not deep inside a forward pass.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from m3ae.errors import M3AEError
@@ -102,7 +100,7 @@ class TextConfig:
     dropout: float = 0.1
     """Hidden and attention-probability dropout."""
     pretrained_path: str | None = None
-    """Optional local folder with HF weights; read by the factory only, never by the constructor."""
+    """Optional local folder with HF weights; read by `m3ae.weights` only, never by the constructor."""
 
     def __post_init__(self) -> None:
         _check(
@@ -134,38 +132,6 @@ class TextConfig:
             attention_probs_dropout_prob=self.dropout,
             hidden_act="gelu",
             attn_implementation="sdpa",
-        )
-
-    @classmethod
-    def from_pretrained_folder(cls, path: str | Path) -> TextConfig:
-        """Read a local HF folder's `config.json` (RoBERTa, BERT, MiniLM) into a TextConfig.
-
-        Raises:
-            M3AEError: the folder or its config.json is missing, or the model type is unsupported.
-        """
-        cfg_file = Path(path) / "config.json"
-        if not cfg_file.is_file():
-            raise M3AEError(f"text weights folder {path} has no config.json")
-        try:
-            hf = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as err:
-            raise M3AEError(f"{cfg_file}: not valid JSON ({err})") from err
-        model_type = hf.get("model_type")
-        if model_type not in ("roberta", "bert"):
-            raise M3AEError(f"{cfg_file}: model_type {model_type!r} is not supported (roberta or bert)")
-        return cls(
-            model_type=model_type,
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"],
-            intermediate_size=hf["intermediate_size"],
-            max_position_embeddings=hf["max_position_embeddings"],
-            pad_token_id=hf.get("pad_token_id", 1 if model_type == "roberta" else 0),
-            type_vocab_size=hf.get("type_vocab_size", 1 if model_type == "roberta" else 2),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            dropout=hf.get("hidden_dropout_prob", 0.1),
-            pretrained_path=str(path),
         )
 
 

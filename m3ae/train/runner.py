@@ -84,7 +84,7 @@ def _model_config(cfg: RunConfig) -> Any:
 
 def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
     """Builds the model for the recipe's task and loads its initial weights."""
-    from m3ae.models import create_model
+    from m3ae.weights.factory import create_model
 
     task = cfg.task.name
     model = create_model(
