@@ -34,7 +34,7 @@ def prepare_dataset(
     eval_size: int | None = None,
     task: str | None = None,
     allow_outside_src: bool = False,
-    max_text_len: int = 32,
+    max_text_len: int | None = None,
 ) -> dict[str, Any]:
     """Prepare one dataset; the Python face of ``m3ae prepare``. Returns the summary dict.
 
@@ -54,7 +54,8 @@ def prepare_dataset(
         eval_size: MedICaT val/test size (1000) or ROCO retrieval pool size (2000).
         task: custom caption files: "pretrain" (default) or "irtr".
         allow_outside_src: custom data may reference images outside the source folder.
-        max_text_len: count texts longer than this many tokens in summary.json (they get cut).
+        max_text_len: count texts longer than this many tokens in summary.json (they get cut);
+            default: the text length of the dataset's original recipe (``DatasetSpec.max_text_len``).
 
     Raises:
         FolderBusy: another process is preparing into ``out`` (one run per folder, locked for its life).
@@ -73,6 +74,7 @@ def prepare_dataset(
         check_output(out, overwrite, protected)  # before the (long) read, so a refusal comes at once
         if image_size is not None and image_size < 1:
             raise M3AEError(f"--image-size must be at least 1 (got {image_size})")
+        max_text_len = spec.max_text_len if max_text_len is None else max_text_len
         if max_text_len < 3:
             raise M3AEError(f"--max-text-len must be at least 3 (got {max_text_len})")
         if image_format not in ("jpeg", "png"):
@@ -187,8 +189,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-text-len",
         type=int,
-        default=32,
-        help="count texts longer than N tokens in summary.json (training keeps only the first N)",
+        default=None,
+        help="count texts longer than N tokens in summary.json (training keeps only the first N; "
+        "default: the original recipe's length for the dataset, e.g. 32 for VQA, 128 for MELINDA)",
     )
     parser.add_argument(
         "--task",

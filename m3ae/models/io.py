@@ -214,8 +214,8 @@ def save_model(
         raise CheckpointError(f"refusing to save {directory}: NaN/Inf in {len(bad)} tensor(s), e.g. {bad[:3]}")
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     pre = extra.pop("preprocessing", None)
-    if isinstance(pre, dict):
-        pre = Preprocessing.from_dict(pre)
+    if isinstance(pre, dict):  # a partial record is completed with the model's image size
+        pre = Preprocessing.from_dict({"image_size": model.config.vision.image_size, **pre})
     pre = pre or Preprocessing(image_size=model.config.vision.image_size)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config.to_dict(),
             CHECKSUM_KEY: file_sha256(directory / WEIGHTS_NAME), "preprocessing": pre.to_dict(), **extra}

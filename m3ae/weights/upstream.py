@@ -248,7 +248,6 @@ def infer_config_from_upstream(
         fusion=fusion,
         pixel_decoder=decoder,
         mask_ratio_image=float(hp.get("mim_prob", 0.75)),
-        mask_ratio_text=float(hp.get("mlm_prob", 0.15)),
         mim_layer=mim_layer,
         norm_pix_loss=bool(hp.get("norm_pix_loss", True)),
         heads=tuple(heads),
