@@ -4,8 +4,6 @@ DICOM handling, and clear errors on bad bytes."""
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,7 @@ from PIL import Image
 from m3ae.data import images as im
 from m3ae.errors import DataError
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from raw_builders import dicom_bytes
+from helpers.raw_builders import dicom_bytes
 
 MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)

@@ -3,8 +3,6 @@ are never the positive, distributed splitting and resume."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +14,10 @@ from m3ae.data.prepare_cli import prepare_dataset
 from m3ae.data.sampler import DistributedSampler
 from m3ae.errors import M3AEError
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import functools
 import operator
 
-import raw_builders as rb
+import helpers.raw_builders as rb
 
 CFG = DataConfig(image_size=32, patch_size=8, max_text_len=16, draw_false_text=3)
 
