@@ -126,6 +126,7 @@ def test_dicom_rescale_percentile_window_and_frame_choice():
 def test_random_resized_crop_is_seeded_and_within_scale():
     boxes = [im.random_resized_crop_box(400, 300, torch.Generator().manual_seed(s)) for s in range(50)]
     assert boxes[0] == im.random_resized_crop_box(400, 300, torch.Generator().manual_seed(0))
+    assert len(set(boxes)) > 10  # other seeds give other boxes (some fall back to the whole image)
     for left, top, w, h in boxes:
         assert 0.9 * 400 * 300 * 0.97 <= w * h <= 400 * 300  # area in [0.9, 1] of the image (rounding)
         assert 0 <= left <= 400 - w and 0 <= top <= 300 - h
