@@ -8,7 +8,7 @@ files are named, and the recipe defaults the original used. The generic dataset 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from m3ae.data import sources
 from m3ae.errors import M3AEError
@@ -29,6 +29,9 @@ class DatasetSpec:
     """Text length the original recipe used; ``m3ae prepare`` counts the texts longer than it."""
     paper_num_answers: int | None = None
     """Answer/class count the original config expects under the paper protocol."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Reader keyword -> the ``prepare_dataset`` argument that fills it (e.g. MELINDA's
+    ``label_column``; ``pool_size`` of ROCO retrieval comes from ``eval_size``)."""
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -40,6 +43,7 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_roco,
             "{train,val,test}/radiology/{images/,captions.txt,dlinks.txt} [+ references/roco_*_references.jsonl]",
             64,
+            options={"references": "references"},
         ),
         DatasetSpec(
             "medicat",
@@ -47,6 +51,7 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_medicat,
             "release/s2_full_figures_oa_nonroco_combined_medical_top4_public.jsonl + release/figures/",
             64,
+            options={"eval_size": "eval_size"},
         ),
         DatasetSpec(
             "vqa-rad",
@@ -74,6 +79,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "train.csv, dev.csv, test.csv, melinda_images/",
             128,
             7,
+            options={"label_column": "label_column"},
         ),
         DatasetSpec(
             "roco-retrieval",
@@ -81,6 +87,7 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_roco_retrieval,
             "{train,val,test}/radiology/{images/,captions.txt}",
             40,
+            options={"pool_size": "eval_size"},
         ),
         DatasetSpec(
             "custom",
