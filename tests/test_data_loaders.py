@@ -112,8 +112,7 @@ def test_examples_are_deterministic_across_workers_and_change_with_epoch(folders
     again = make_dataset(folders["pretrain"], "train", "pretrain", cfg, tokenizer, train=True, seed=3)[5]
     assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(again[k])) for k, v in dataset[5].items())
     other_seed = make_dataset(folders["pretrain"], "train", "pretrain", cfg, tokenizer, train=True, seed=4)[5]
-    assert not torch.equal(other_seed["image_noise"], again["image_noise"])
-    assert not torch.equal(other_seed["pixel_values"], again["pixel_values"])  # another random crop
+    assert not torch.equal(other_seed["image_noise"], again["image_noise"])  # the seed decides
     dataset.set_epoch(1)
     assert not torch.equal(dataset[5]["image_noise"], again["image_noise"])
 
