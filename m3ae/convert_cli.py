@@ -74,8 +74,14 @@ def read_answer_list(path: str | Path) -> list[str]:
 
 
 def _metadata(args: argparse.Namespace, model) -> dict:
-    """config.json extras: the source, and the answer list checked against the VQA head."""
-    extra: dict = {"source": str(args.src)}
+    """config.json extras: the source, its preprocessing, and the answer list checked against the VQA head."""
+    from m3ae.preprocessing import Preprocessing
+    from m3ae.weights.pretrained import find_by_file
+
+    entry = find_by_file(args.src)  # a released file: its recorded text length and normalisation
+    size = model.config.vision.image_size
+    pre = entry.preprocessing(size) if entry is not None else Preprocessing(image_size=size)
+    extra: dict = {"source": str(args.src), "preprocessing": pre.to_dict()}
     if args.answers is None:
         if "vqa" in model.config.heads:
             print("note: no --answers given; `m3ae predict` needs the answer list of this VQA checkpoint "

@@ -97,8 +97,7 @@ class _Batches:
                 raise DataError(f"{example.image}: image file not found (row id {example.id})")
             rgb = images.read_image_file(example.image)
         # the original "clip" evaluation transform, as `m3ae predict` and evaluation apply it
-        square = images.center_crop(images.resize_shorter(rgb, self.pre.image_size), self.pre.image_size)
-        return images.to_normalized_tensor(square, self.pre.mean, self.pre.std)  # [3, H, W]
+        return images.ImageTransform.from_preprocessing(self.pre)(rgb)  # [3, H, W]
 
     def __call__(self, batch_size: int) -> Iterator[tuple[list[Example], dict[str, torch.Tensor]]]:
         from m3ae.data.text import tokenize
@@ -143,10 +142,10 @@ def embed_to_parquet(model_dir: str | Path, out: str | Path, data: str | Path | 
     import pyarrow.parquet as pq
 
     from m3ae.data import load_tokenizer
-    from m3ae.inference import _has_tokenizer_files, preprocessing_from_config, read_folder_config
+    from m3ae.inference import _has_tokenizer_files
     from m3ae.models import M3AE
+    from m3ae.models.io import read_preprocessing, resolve_model_dir
     from m3ae.train.evaluation import _progress
-    from m3ae.weights.hub import resolve_model_dir
 
     if (data is None) == (input_csv is None):
         raise M3AEError("give exactly one of --data (a prepared folder) or --input (a CSV)")
@@ -154,7 +153,7 @@ def embed_to_parquet(model_dir: str | Path, out: str | Path, data: str | Path | 
         raise M3AEError(f"--batch-size must be at least 1 (got {batch_size})")
     folder = resolve_model_dir(model_dir)
     model = M3AE.from_pretrained(folder).eval().to(device)
-    pre = preprocessing_from_config(read_folder_config(folder), model.config.vision.image_size)
+    pre = read_preprocessing(folder)
     tokenizer = load_tokenizer(folder if _has_tokenizer_files(folder) else None)
     examples, store = prepared_examples(data, split) if data is not None else (csv_examples(input_csv), None)
     batches = _Batches(examples, store, tokenizer, pre)

@@ -150,13 +150,12 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, graphs: tuple[str, .
     """
     import json
 
-    from m3ae.inference import preprocessing_from_config, read_folder_config
     from m3ae.models import M3AE
-    from m3ae.weights.hub import resolve_model_dir
+    from m3ae.models.io import read_preprocessing, resolve_model_dir
 
     folder = resolve_model_dir(model_dir)
     model = M3AE.from_pretrained(folder).eval()
-    pre = preprocessing_from_config(read_folder_config(folder), model.config.vision.image_size)
+    pre = read_preprocessing(folder)
     text_len = text_len or pre.max_text_len
     graphs = graphs or tuple(g for g in GRAPHS if g != "vqa" or "vqa" in model.heads)
     out_dir = Path(out_dir)
@@ -171,5 +170,5 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, graphs: tuple[str, .
         report.graphs[graph] = path.name
         if check:
             report.max_abs_diff[graph] = check_parity(model, graph, path, text_len)
-    (out_dir / "export.json").write_text(json.dumps({**asdict(report), "preprocessing": asdict(pre)}, indent=2) + "\n")
+    (out_dir / "export.json").write_text(json.dumps({**asdict(report), "preprocessing": pre.to_dict()}, indent=2) + "\n")
     return report

@@ -16,10 +16,8 @@ a calibrated probability of being right.
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -28,60 +26,22 @@ import torch
 from PIL import Image
 
 from m3ae.errors import CheckpointError, DataError, M3AEError
+from m3ae.preprocessing import CLIP_MEAN, CLIP_STD, Preprocessing, preprocessing_from_metadata  # noqa: F401
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_MAX_TEXT_LEN = 32  # the VQA recipes' text length (spec §1.2)
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a model expects its inputs: read from the model folder's config.json."""
+def read_folder_config(model_dir: str | Path) -> dict[str, Any]:
+    """The whole ``config.json`` of a model folder (`m3ae.models.io.read_metadata`; kept by name)."""
+    from m3ae.models.io import read_metadata
 
-    image_size: int
-    """Side of the square input in pixels."""
-    mean: tuple[float, ...] = CLIP_MEAN
-    """Per-channel normalisation mean."""
-    std: tuple[float, ...] = CLIP_STD
-    """Per-channel normalisation std."""
-    max_text_len: int = DEFAULT_MAX_TEXT_LEN
-    """Tokens per question after padding/truncation."""
+    return read_metadata(model_dir)
 
 
-def read_folder_config(model_dir: Path) -> dict[str, Any]:
-    """Read `config.json` of a saved model folder.
-
-    Raises:
-        CheckpointError: when the folder or its config is missing or unreadable.
-    """
-    if not model_dir.is_dir():
-        raise CheckpointError(f"model folder not found: {model_dir}")
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: not a model folder written by save_pretrained")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-
-
-def preprocessing_from_config(config: dict[str, Any], model_image_size: int) -> Preprocessing:
-    """The preprocessing recorded in a folder's config.json.
-
-    Looks at ``preprocessing`` (image_size, mean, std, max_text_len), then at the ``data`` section
-    the training loop stores (a `DataConfig`), then falls back to the model's image size, CLIP's
-    mean/std and the VQA text length.
-    """
-    pre = dict(config.get("data") or {})
-    pre.update(config.get("preprocessing") or {})
-    return Preprocessing(
-        image_size=int(pre.get("image_size", model_image_size)),
-        mean=tuple(pre.get("mean", CLIP_MEAN)),
-        std=tuple(pre.get("std", CLIP_STD)),
-        max_text_len=int(pre.get("max_text_len", DEFAULT_MAX_TEXT_LEN)),
-    )
+def preprocessing_from_config(config: dict[str, Any], model_image_size: int | None = None) -> Preprocessing:
+    """The `Preprocessing` a folder's config.json records (`m3ae.preprocessing`; kept by name)."""
+    return preprocessing_from_metadata(config, model_image_size)
 
 
 def to_rgb_image(image: ImageInput, frame: int | None = None) -> Image.Image:
@@ -188,11 +148,10 @@ class VQAPipeline:
         """
         from m3ae.data import load_tokenizer
         from m3ae.models import M3AE
-
-        from m3ae.weights.hub import resolve_model_dir
+        from m3ae.models.io import read_metadata, resolve_model_dir
 
         model_dir = resolve_model_dir(model_dir, allow_download=allow_download)
-        config = read_folder_config(model_dir)
+        config = read_metadata(model_dir)
         model = M3AE.from_pretrained(model_dir)
         if "vqa" not in model.heads:
             raise M3AEError(f"{model_dir} has no VQA head (heads: {', '.join(model.heads) or 'none'}): "
@@ -204,24 +163,26 @@ class VQAPipeline:
                 "add one with `m3ae convert SRC.ckpt OUT_DIR --answers FILE` (the answers.json of the "
                 "prepared folder the model was fine-tuned on, or the original's label list)")
         tokenizer = load_tokenizer(model_dir if _has_tokenizer_files(model_dir) else None)
-        pre = preprocessing_from_config(config, model.config.vision.image_size)
+        pre = preprocessing_from_metadata(config, model.config.vision.image_size)
         return cls(model, tokenizer, answers, pre, device=device,
                    image_input=config.get("image_input", "pixels"), precision=precision)
 
     # ----------------------------------------------------------------------------------- inputs
     def model_view(self, image: ImageInput) -> Image.Image:
         """The RGB square the model sees: decode (DICOM windowed), shorter side to the input size,
-        centre crop (the original "clip" evaluation transform)."""
-        from m3ae.data import images
-
-        size = self.preprocessing.image_size
-        return images.center_crop(images.resize_shorter(to_rgb_image(image), size), size)
+        centre crop (the original "clip" evaluation transform, as evaluation applies it)."""
+        return self.transform.view(to_rgb_image(image))
 
     def to_pixel_values(self, view: Image.Image) -> torch.Tensor:
-        """Normalise a `model_view` square: -> [3, H, W]."""
-        from m3ae.data import images
+        """Normalise a `model_view` square with the folder's mean/std: -> [3, H, W]."""
+        return self.transform.normalize(view)
 
-        return images.to_normalized_tensor(view, self.preprocessing.mean, self.preprocessing.std)
+    @property
+    def transform(self) -> Any:
+        """The data floor's evaluation `ImageTransform` for this model's `Preprocessing`."""
+        from m3ae.data.images import ImageTransform
+
+        return ImageTransform.from_preprocessing(self.preprocessing)
 
     def preprocess_image(self, image: ImageInput) -> torch.Tensor:
         """Decode, resize (shorter side), centre-crop and normalise one image: -> [3, H, W]."""
@@ -237,8 +198,9 @@ class VQAPipeline:
             if len(ids) > limit:  # the model never sees the tail: say so instead of answering silently
                 print(f"note: the question has {len(ids)} tokens; only the first {limit} are used: "
                       f"{question[:60]!r}...", file=sys.stderr)
-        enc = self.tokenizer(list(questions), padding="max_length", truncation=True,
-                             max_length=limit, return_tensors="pt")
+        from m3ae.data.text import tokenize
+
+        enc = tokenize(self.tokenizer, list(questions), limit)  # the call training uses
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     # ------------------------------------------------------------------------------- prediction

@@ -15,10 +15,8 @@ import numpy as np
 import torch
 
 from m3ae.errors import M3AEError
+from m3ae.preprocessing import CLIP_MEAN, CLIP_STD  # defaults only: a model folder records its own
 
-# CLIP's normalisation (spec §5.4); a model folder records its own, these are only defaults.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The epsilon MAE adds to the per-patch variance in its norm_pix_loss target.
 NORM_PIX_EPS = 1e-6
 # Loss curves spanning more than this factor get a logarithmic axis.

@@ -24,8 +24,7 @@ from PIL import Image
 
 from m3ae.cli import main
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from raw_builders import dicom_bytes  # noqa: E402
+from helpers.raw_builders import dicom_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = str(REPO / "configs/finetune/vqa_rad_tiny.yaml")

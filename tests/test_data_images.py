@@ -4,8 +4,6 @@ DICOM handling, and clear errors on bad bytes."""
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,7 @@ from PIL import Image
 from m3ae.data import images as im
 from m3ae.errors import DataError
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from raw_builders import dicom_bytes
+from helpers.raw_builders import dicom_bytes
 
 MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
@@ -129,6 +126,7 @@ def test_dicom_rescale_percentile_window_and_frame_choice():
 def test_random_resized_crop_is_seeded_and_within_scale():
     boxes = [im.random_resized_crop_box(400, 300, torch.Generator().manual_seed(s)) for s in range(50)]
     assert boxes[0] == im.random_resized_crop_box(400, 300, torch.Generator().manual_seed(0))
+    assert len(set(boxes)) > 10  # other seeds give other boxes (some fall back to the whole image)
     for left, top, w, h in boxes:
         assert 0.9 * 400 * 300 * 0.97 <= w * h <= 400 * 300  # area in [0.9, 1] of the image (rounding)
         assert 0 <= left <= 400 - w and 0 <= top <= 300 - h

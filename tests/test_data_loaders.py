@@ -3,8 +3,6 @@ are never the positive, distributed splitting and resume."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +14,10 @@ from m3ae.data.prepare_cli import prepare_dataset
 from m3ae.data.sampler import DistributedSampler
 from m3ae.errors import M3AEError
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import functools
 import operator
 
-import raw_builders as rb
+import helpers.raw_builders as rb
 
 CFG = DataConfig(image_size=32, patch_size=8, max_text_len=16, draw_false_text=3)
 
@@ -114,6 +111,8 @@ def test_examples_are_deterministic_across_workers_and_change_with_epoch(folders
         assert all(torch.equal(a[k], b[k]) for k in a)
     again = make_dataset(folders["pretrain"], "train", "pretrain", cfg, tokenizer, train=True, seed=3)[5]
     assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(again[k])) for k, v in dataset[5].items())
+    other_seed = make_dataset(folders["pretrain"], "train", "pretrain", cfg, tokenizer, train=True, seed=4)[5]
+    assert not torch.equal(other_seed["image_noise"], again["image_noise"])  # the seed decides
     dataset.set_epoch(1)
     assert not torch.equal(dataset[5]["image_noise"], again["image_noise"])
 

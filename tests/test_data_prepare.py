@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,8 +14,7 @@ from m3ae.data.prepare_cli import prepare_dataset
 from m3ae.data.storage import ImageStore, read_answers, read_labels, read_summary, read_table
 from m3ae.errors import DataError, M3AEError
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import raw_builders as rb
+import helpers.raw_builders as rb
 
 
 def counts(summary):

@@ -113,6 +113,9 @@ def test_masking_is_deterministic_under_a_seed(roberta, info):
         enc["input_ids"], enc["special_tokens_mask"], info, 0.15, "token", torch.Generator().manual_seed(7)
     )
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+    others = [mask_text_tokens(enc["input_ids"], enc["special_tokens_mask"], info, 0.15, "token",
+                               torch.Generator().manual_seed(s))[0] for s in (8, 9, 10)]
+    assert any(not torch.equal(o, a[0]) for o in others)  # the generator decides, not a constant
 
 
 @pytest.mark.parametrize(

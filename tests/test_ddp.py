@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_e2e import REPO, prepare  # noqa: E402
+from m3ae.train.runlog import read_log
 
-from m3ae.train.runlog import read_log  # noqa: E402
+from helpers.synthetic import REPO, prepare
 
 # dropout off: the two layouts draw different dropout masks, everything else must agree
 ARGS = ["--train.max_steps", "3", "--train.max_epochs", "null", "--train.batch_size", "4",

@@ -80,6 +80,9 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for method, metrics in results["metrics"].items():
         assert set(metrics) == {"open", "closed", "overall"}
         assert all(0.0 <= v <= 100.0 for v in metrics.values()), (method, metrics)
+        # overall is the example-weighted mean of the two question types, so it lies between them
+        low, high = sorted((metrics["open"], metrics["closed"]))
+        assert low - 1e-6 <= metrics["overall"] <= high + 1e-6, (method, metrics)
     for png in ("reconstructions.png", "training_curves.png", "accuracy_by_question_type.png"):
         assert Image.open(out / png).size[0] > 300
     card = (out / "finetune" / "best" / "README.md").read_text()

@@ -102,7 +102,7 @@ def test_hub_id_loads_offline_from_the_cache(cached):
 
 
 def test_create_model_takes_a_cached_hub_id_as_pretrained(cached):
-    from m3ae.models import create_model
+    from m3ae import create_model
 
     model = create_model(pretrained="m3ae-org/tiny-vqa", heads=["vqa", "itc"])
     assert "itc" in model.heads and model.load_report.missing_allowed  # new head, fresh init

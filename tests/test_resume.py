@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_loop import losses, run_toy  # noqa: E402
+from m3ae.train.checkpoint import latest_checkpoint
+from m3ae.train.runlog import read_log
 
-from m3ae.train.checkpoint import latest_checkpoint  # noqa: E402
-from m3ae.train.runlog import read_log  # noqa: E402
+from helpers.toy import losses, run_toy
 
 STEPS = 12
 
@@ -27,7 +26,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     run = tmp_path / "killed"
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
-        "from test_train_loop import run_toy;"
+        "from helpers.toy import run_toy;"
         f"run_toy(Path(sys.argv[2]), max_steps={STEPS}, checkpoint_every=2, delay=0.1)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import types
@@ -13,7 +14,8 @@ import torch
 
 from m3ae.cli import main
 from m3ae.errors import CheckpointError, M3AEError
-from m3ae.models import M3AE, ModelConfig, create_model
+from m3ae import create_model
+from m3ae.models import M3AE, ModelConfig
 from m3ae.weights.io import load_state_dict_checked, read_metadata
 from m3ae.weights.unpickle import Placeholder, RestrictedUnpickler, load_checkpoint_file
 from m3ae.weights.upstream import convert_upstream_state_dict, load_upstream, to_upstream_state_dict
@@ -309,3 +311,63 @@ def test_unknown_dict_subclass_keeps_its_items(tmp_path: Path) -> None:
     ckpt = load_checkpoint_file(tmp_path / "h.ckpt")
     assert isinstance(ckpt["hyper_parameters"], Placeholder)
     assert _hparams_config(ckpt) == {"image_size": 288}
+
+
+UPSTREAM_KEYS = json.loads((Path(__file__).parent / "fixtures" / "upstream_keys.json").read_text())
+
+
+@pytest.mark.parametrize("release", ["m3ae.ckpt", "m3ae_finetuned_vqa_vqa_rad_77.4.ckpt"])
+def test_importer_maps_every_real_upstream_key(release: str) -> None:
+    """The official key names and shapes (frozen from the spec, not from our inverse table) convert,
+    at base size, into exactly our model's keys; only the allow-listed leftovers are dropped."""
+    from m3ae.weights.upstream import DROPPABLE, expected_shapes, infer_config_from_upstream
+
+    sd = {k: torch.empty(shape, device="meta") for k, shape in UPSTREAM_KEYS[release].items()}
+    config = infer_config_from_upstream(sd, {})
+    v, t, f = config.vision, config.text, config.fusion
+    assert (v.width, v.layers, v.patch_size, t.num_layers, t.vocab_size, f.layers, f.heads) == (
+        768, 11, 16, 12, 50265, 6, 12)
+    converted, report = convert_upstream_state_dict(sd, config)
+    want = expected_shapes(config)
+    assert {k: tuple(x.shape) for k, x in converted.items()} == want
+    assert set(report.dropped) == set(DROPPABLE) & set(sd)
+    if release == "m3ae.ckpt":
+        assert config.heads == ("mlm", "mim", "itm") and v.image_size == 288
+    else:
+        assert (config.heads, config.num_answers, v.image_size) == (("vqa",), 498, 384)
+    # a real name the table does not know is an error that names it
+    with pytest.raises(CheckpointError, match="multi_modal_vision_layers.6.output.dense.bias"):
+        convert_upstream_state_dict({**sd, "multi_modal_vision_layers.6.output.dense.bias": sd[
+            "multi_modal_vision_layers.5.output.dense.bias"]}, config)
+
+
+def test_one_preprocessing_record_for_training_and_inference(tmp_path: Path, tiny_model, rgb_images,
+                                                             tokenizer) -> None:
+    """The record a training run writes is what inference reads: same transform, same numbers."""
+    from m3ae import VQAPipeline
+    from m3ae.data import DataConfig
+    from m3ae.data.images import ImageTransform
+    from m3ae.models.io import read_preprocessing
+
+    data = DataConfig(image_size=32, patch_size=8, max_text_len=12, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    model = tiny_model(["vqa"], num_answers=2)
+    model.save_pretrained(tmp_path, tokenizer=tokenizer,
+                          extra={"answers": ["yes", "no"], "preprocessing": data.preprocessing().to_dict()})
+    assert read_preprocessing(tmp_path) == data.preprocessing()
+    train_side = ImageTransform.from_preprocessing(data.preprocessing())(rgb_images[0])  # eval mode "clip"
+    pipe = VQAPipeline.from_pretrained(tmp_path)
+    assert torch.equal(pipe.preprocess_image(rgb_images[0]), train_side)
+    assert pipe.tokenize(["is it?"])["input_ids"].shape == (1, 12)
+    # a folder written without a record gets the model's size and the CLIP defaults
+    model.save_pretrained(tmp_path / "plain")
+    plain = read_preprocessing(tmp_path / "plain")
+    assert plain.image_size == 32 and plain.mean == ImageTransform(32).mean
+
+
+def test_old_config_keys_load_with_a_deprecation_warning() -> None:
+    d = ModelConfig.from_name("m3ae-tiny").to_dict()
+    with pytest.warns(DeprecationWarning, match="mask_ratio_text"):
+        cfg = ModelConfig.from_dict({**d, "mask_ratio_text": 0.15})
+    assert cfg == ModelConfig.from_name("m3ae-tiny")
+    with pytest.raises(M3AEError, match="unknown key"):
+        ModelConfig.from_dict({**d, "mask_ratio_txt": 0.15})

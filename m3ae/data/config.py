@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from m3ae.errors import M3AEError
+from m3ae.preprocessing import CLIP_MEAN, CLIP_STD, Preprocessing
 
 MLM_MODES = ("token", "word")
 TRAIN_TRANSFORMS = ("clip", "clip_resizedcrop")
@@ -33,8 +34,13 @@ class DataConfig:
     """DataLoader worker processes."""
     image_cache_mb: int = 512
     """Decoded images kept in memory per dataset and process (0 = decode every time)."""
+    mean: tuple[float, ...] = CLIP_MEAN
+    """Per-channel normalisation mean (CLIP's: the vision tower starts from CLIP)."""
+    std: tuple[float, ...] = CLIP_STD
+    """Per-channel normalisation std."""
 
     def __post_init__(self) -> None:
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
         if self.image_size <= 0 or self.patch_size <= 0 or self.image_size % self.patch_size:
             raise M3AEError(
                 f"DataConfig: image_size ({self.image_size}) must be a positive multiple of patch_size "
@@ -52,15 +58,24 @@ class DataConfig:
             )
         if self.draw_false_text < 0 or self.num_workers < 0 or self.image_cache_mb < 0:
             raise M3AEError("DataConfig: draw_false_text, num_workers and image_cache_mb must be >= 0")
+        self.preprocessing()  # validates mean/std (one value per channel, std > 0)
 
     @property
     def num_patches(self) -> int:
         """L_i: patches per image, the length of `image_noise`."""
         return (self.image_size // self.patch_size) ** 2
 
+    def preprocessing(self, tokenizer: str | None = None) -> Preprocessing:
+        """The `Preprocessing` record of this pipeline: what the training transforms apply and
+        what a saved model folder records for inference."""
+        return Preprocessing(image_size=self.image_size, mean=self.mean, std=self.std,
+                             max_text_len=self.max_text_len, tokenizer=tokenizer)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for YAML/JSON."""
-        return asdict(self)
+        """Plain dict for YAML/JSON (tuples become lists)."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:

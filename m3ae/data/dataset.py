@@ -113,7 +113,8 @@ class M3AEDataset(Dataset):
                 f"{self.data_dir}: no split {split!r} (has {sorted(self.summary.get('splits', {}))})"
             )
         self.tokenizer, self.train, self.seed, self.epoch = tokenizer, train, seed, 0
-        self.transform = ImageTransform(cfg.image_size, cfg.train_transform if train else "clip")
+        self.transform = ImageTransform.from_preprocessing(cfg.preprocessing(),
+                                                           cfg.train_transform if train else "clip")
         self.text_info = tokenizer_info(tokenizer) if task == "pretrain" else None
         self.num_answers = len(read_answers(self.data_dir)) if task == "vqa" else None
         self.collate_fn = Collator(task, self.num_answers)

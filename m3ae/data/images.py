@@ -20,8 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from m3ae.errors import DataError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from m3ae.preprocessing import CLIP_MEAN, CLIP_STD, Preprocessing  # noqa: F401 (re-exported)
 MAX_PIXELS = 89_478_485
 """Decompression-bomb guard: the PIL default limit (about 89 M pixels); larger images are refused."""
 MAX_ASPECT_RATIO = 20.0
@@ -271,10 +270,24 @@ class ImageTransform:
     only): random resized crop, scale 0.9-1.0, ratio 3/4-4/3, bicubic to N x N.
     """
 
-    def __init__(self, size: int, mode: str = "clip") -> None:
+    def __init__(self, size: int, mode: str = "clip", mean: tuple[float, ...] = CLIP_MEAN,
+                 std: tuple[float, ...] = CLIP_STD) -> None:
         if mode not in ("clip", "clip_resizedcrop"):
             raise ValueError(f"unknown transform {mode!r}")
-        self.size, self.mode = size, mode
+        self.size, self.mode, self.mean, self.std = size, mode, tuple(mean), tuple(std)
+
+    @classmethod
+    def from_preprocessing(cls, pre: Preprocessing, mode: str = "clip") -> ImageTransform:
+        """The transform a model folder's (or a training run's) `Preprocessing` describes."""
+        return cls(pre.image_size, mode, pre.mean, pre.std)
+
+    def view(self, image: Image.Image) -> Image.Image:
+        """The evaluation square the model sees: shorter side to N (bicubic), centre crop N."""
+        return center_crop(resize_shorter(image, self.size), self.size)
+
+    def normalize(self, square: Image.Image) -> torch.Tensor:
+        """A model-sized RGB square -> [3, N, N] in the model's units (its mean/std)."""
+        return to_normalized_tensor(square, self.mean, self.std)
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.mode == "clip_resizedcrop":
@@ -285,11 +298,11 @@ class ImageTransform:
             # outside the crop for the filter support
             image = image.crop((left, top, left + w, top + h)).resize((self.size, self.size), Image.BICUBIC)
         else:
-            image = center_crop(resize_shorter(image, self.size), self.size)
-        return to_normalized_tensor(image)
+            image = self.view(image)
+        return self.normalize(image)
 
     def __repr__(self) -> str:
-        return f"ImageTransform(size={self.size}, mode={self.mode!r})"
+        return f"ImageTransform(size={self.size}, mode={self.mode!r}, mean={self.mean}, std={self.std})"
 
 
 def preresize_bytes(image: Image.Image, size: int, fmt: str) -> tuple[bytes, int, int]:

@@ -380,7 +380,7 @@ def _same_examples(a: list[RawExample], b: list[RawExample]) -> bool:
 
 
 def _summary(opts: PrepareOptions, issues: Issues, vocabulary: list[str] | None) -> dict[str, Any]:
-    from m3ae import __version__
+    from m3ae._version import __version__
 
     summary: dict[str, Any] = {
         "dataset": opts.dataset,

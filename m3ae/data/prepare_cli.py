@@ -34,7 +34,7 @@ def prepare_dataset(
     eval_size: int | None = None,
     task: str | None = None,
     allow_outside_src: bool = False,
-    max_text_len: int = 32,
+    max_text_len: int | None = None,
 ) -> dict[str, Any]:
     """Prepare one dataset; the Python face of ``m3ae prepare``. Returns the summary dict.
 
@@ -54,7 +54,8 @@ def prepare_dataset(
         eval_size: MedICaT val/test size (1000) or ROCO retrieval pool size (2000).
         task: custom caption files: "pretrain" (default) or "irtr".
         allow_outside_src: custom data may reference images outside the source folder.
-        max_text_len: count texts longer than this many tokens in summary.json (they get cut).
+        max_text_len: count texts longer than this many tokens in summary.json (they get cut);
+            default: the text length of the dataset's original recipe (``DatasetSpec.max_text_len``).
 
     Raises:
         FolderBusy: another process is preparing into ``out`` (one run per folder, locked for its life).
@@ -71,12 +72,8 @@ def prepare_dataset(
             raise M3AEError(f"--src {src} does not exist (expected: {spec.layout})")
         protected = {"--src": src} | ({"--references": Path(references)} if references else {})
         check_output(out, overwrite, protected)  # before the (long) read, so a refusal comes at once
-        if image_size is not None and image_size < 1:
-            raise M3AEError(f"--image-size must be at least 1 (got {image_size})")
-        if max_text_len < 3:
-            raise M3AEError(f"--max-text-len must be at least 3 (got {max_text_len})")
-        if image_format not in ("jpeg", "png"):
-            raise M3AEError(f"--image-format must be jpeg or png (got {image_format!r})")
+        max_text_len = spec.max_text_len if max_text_len is None else max_text_len
+        _check_options(image_size, max_text_len, image_format)
         issues = Issues(on_error)
         vocabulary, extra = None, {}
         task_name = spec.task
@@ -88,23 +85,11 @@ def prepare_dataset(
                 )
             splits, vocabulary = sources.read_upstream_arrows(src, dataset, spec.task, issues, label_column)
             extra["from_arrow"] = True
-        elif dataset == "custom":
+        elif spec.reader is None:  # custom files: the columns say which task
             task_name, splits = sources.read_custom(src, protocol, seed, issues, task, allow_outside_src)
         else:
-            options: dict[str, Any] = {}
-            if dataset == "melinda":
-                options["label_column"] = label_column
-                extra["label_column"] = label_column
-            if dataset == "roco":
-                ref = Path(references) if references else src / "references"
-                options["references"] = ref
-                extra["references"] = ref.is_dir()
-                if not ref.is_dir():
-                    print(f"m3ae prepare: note: no MedICaT references at {ref}; ROCO texts are captions only")
-            if eval_size and dataset == "medicat":
-                options["eval_size"] = eval_size
-            if eval_size and dataset == "roco-retrieval":
-                options["pool_size"] = eval_size
+            values = {"label_column": label_column, "references": references, "eval_size": eval_size}
+            options, extra = _reader_options(spec, src, values)
             splits = spec.reader(src, protocol, seed, issues, **options)
         if task_name == "vqa" and not from_arrow:
             check_duplicates(splits, "question_id", issues)
@@ -114,10 +99,38 @@ def prepare_dataset(
         if spec.paper_num_answers and protocol == "paper" and not from_arrow:
             got = summary.get("num_answers", summary.get("num_classes"))
             if got != spec.paper_num_answers:
-                print(
-                    f"m3ae prepare: note: {got} answers/classes; the original config expects {spec.paper_num_answers}"
-                )
+                print(f"m3ae prepare: note: {got} answers/classes; the original config expects "
+                      f"{spec.paper_num_answers}")
         return summary
+
+
+def _check_options(image_size: int | None, max_text_len: int, image_format: str) -> None:
+    if image_size is not None and image_size < 1:
+        raise M3AEError(f"--image-size must be at least 1 (got {image_size})")
+    if max_text_len < 3:
+        raise M3AEError(f"--max-text-len must be at least 3 (got {max_text_len})")
+    if image_format not in ("jpeg", "png"):
+        raise M3AEError(f"--image-format must be jpeg or png (got {image_format!r})")
+
+
+def _reader_options(spec: Any, src: Path, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The reader's keyword options from ``spec.options`` (reader keyword -> prepare argument), and
+    what summary.json records about them."""
+    options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for keyword, argument in spec.options.items():
+        value = values[argument]
+        if argument == "references":  # ROCO: MedICaT's inline references, default <src>/references
+            value = Path(value) if value else src / "references"
+            extra["references"] = value.is_dir()
+            if not value.is_dir():
+                print(f"m3ae prepare: note: no MedICaT references at {value}; ROCO texts are captions only")
+        elif not value:
+            continue  # not given: the reader's default
+        elif argument == "label_column":
+            extra["label_column"] = value
+        options[keyword] = value
+    return options, extra
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,8 +200,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-text-len",
         type=int,
-        default=32,
-        help="count texts longer than N tokens in summary.json (training keeps only the first N)",
+        default=None,
+        help="count texts longer than N tokens in summary.json (training keeps only the first N; "
+        "default: the original recipe's length for the dataset, e.g. 32 for VQA, 128 for MELINDA)",
     )
     parser.add_argument(
         "--task",

@@ -8,7 +8,7 @@ files are named, and the recipe defaults the original used. The generic dataset 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from m3ae.data import sources
 from m3ae.errors import M3AEError
@@ -26,11 +26,12 @@ class DatasetSpec:
     layout: str
     """The raw layout ``--src`` must point at (shown in ``m3ae prepare --help`` and errors)."""
     max_text_len: int
-    """Text length the original recipe used."""
-    image_size: int
-    """Image size the original recipe used (288 pre-training, 384 fine-tuning)."""
+    """Text length the original recipe used; ``m3ae prepare`` counts the texts longer than it."""
     paper_num_answers: int | None = None
     """Answer/class count the original config expects under the paper protocol."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Reader keyword -> the ``prepare_dataset`` argument that fills it (e.g. MELINDA's
+    ``label_column``; ``pool_size`` of ROCO retrieval comes from ``eval_size``)."""
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -42,7 +43,7 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_roco,
             "{train,val,test}/radiology/{images/,captions.txt,dlinks.txt} [+ references/roco_*_references.jsonl]",
             64,
-            288,
+            options={"references": "references"},
         ),
         DatasetSpec(
             "medicat",
@@ -50,7 +51,7 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_medicat,
             "release/s2_full_figures_oa_nonroco_combined_medical_top4_public.jsonl + release/figures/",
             64,
-            288,
+            options={"eval_size": "eval_size"},
         ),
         DatasetSpec(
             "vqa-rad",
@@ -58,11 +59,10 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_vqa_rad,
             "trainset.json, testset.json [, valset.json], images/",
             32,
-            384,
             498,
         ),
         DatasetSpec(
-            "slake", "vqa", sources.read_slake, "train.json, validate.json, test.json, imgs/", 32, 384, 222
+            "slake", "vqa", sources.read_slake, "train.json, validate.json, test.json, imgs/", 32, 222
         ),
         DatasetSpec(
             "vqa-med-2019",
@@ -70,7 +70,6 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_medvqa_2019,
             "{train,val,test}/QA/{Modality,Organ,Plane}.csv + {train,val,test}/images/",
             32,
-            384,
             79,
         ),
         DatasetSpec(
@@ -79,8 +78,8 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_melinda,
             "train.csv, dev.csv, test.csv, melinda_images/",
             128,
-            384,
             7,
+            options={"label_column": "label_column"},
         ),
         DatasetSpec(
             "roco-retrieval",
@@ -88,7 +87,7 @@ DATASETS: dict[str, DatasetSpec] = {
             sources.read_roco_retrieval,
             "{train,val,test}/radiology/{images/,captions.txt}",
             40,
-            384,
+            options={"pool_size": "eval_size"},
         ),
         DatasetSpec(
             "custom",
@@ -97,7 +96,6 @@ DATASETS: dict[str, DatasetSpec] = {
             "a .csv/.jsonl (with a split column) or a folder of {train,val,test}.{csv,jsonl}; columns image + "
             "caption | question + answer [+ answer_type] | text + label",
             32,
-            384,
         ),
     )
 }

@@ -9,9 +9,8 @@ recipe fails when it is read, not deep inside a forward pass.
 from __future__ import annotations
 
 import dataclasses
-import json
+import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from m3ae.errors import M3AEError
@@ -102,7 +101,7 @@ class TextConfig:
     dropout: float = 0.1
     """Hidden and attention-probability dropout."""
     pretrained_path: str | None = None
-    """Optional local folder with HF weights; read by the factory only, never by the constructor."""
+    """Optional local folder with HF weights; read by `m3ae.weights` only, never by the constructor."""
 
     def __post_init__(self) -> None:
         _check(
@@ -134,38 +133,6 @@ class TextConfig:
             attention_probs_dropout_prob=self.dropout,
             hidden_act="gelu",
             attn_implementation="sdpa",
-        )
-
-    @classmethod
-    def from_pretrained_folder(cls, path: str | Path) -> TextConfig:
-        """Read a local HF folder's `config.json` (RoBERTa, BERT, MiniLM) into a TextConfig.
-
-        Raises:
-            M3AEError: the folder or its config.json is missing, or the model type is unsupported.
-        """
-        cfg_file = Path(path) / "config.json"
-        if not cfg_file.is_file():
-            raise M3AEError(f"text weights folder {path} has no config.json")
-        try:
-            hf = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as err:
-            raise M3AEError(f"{cfg_file}: not valid JSON ({err})") from err
-        model_type = hf.get("model_type")
-        if model_type not in ("roberta", "bert"):
-            raise M3AEError(f"{cfg_file}: model_type {model_type!r} is not supported (roberta or bert)")
-        return cls(
-            model_type=model_type,
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"],
-            intermediate_size=hf["intermediate_size"],
-            max_position_embeddings=hf["max_position_embeddings"],
-            pad_token_id=hf.get("pad_token_id", 1 if model_type == "roberta" else 0),
-            type_vocab_size=hf.get("type_vocab_size", 1 if model_type == "roberta" else 2),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            dropout=hf.get("hidden_dropout_prob", 0.1),
-            pretrained_path=str(path),
         )
 
 
@@ -237,15 +204,16 @@ class ModelConfig:
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
     """MIM decoder (only built when "mim" is in heads)."""
     mask_ratio_image: float = 0.75
-    """Fraction of image patches removed in the MIM pass."""
-    mask_ratio_text: float = 0.15
-    """Fraction of text tokens selected for MLM (used by the data collator)."""
+    """Fraction of image patches removed in the MIM pass the weights were trained with: training
+    writes it from ``task.mask_ratio`` when the model has a MIM head (the demo's reconstructions
+    read it). The MLM share is a data setting (``data.mlm_probability``)."""
     mim_layer: int = 3
     """Index into `image_hidden` read by the MIM decoder: k = input of fusion layer k; -1 = last."""
     mlm_decoder: str = "mlp"
     """MLM decoder design: "mlp" (BERT prediction head, as upstream)."""
     norm_pix_loss: bool = True
-    """Normalise each target patch by its own mean/std before the MIM loss."""
+    """Whether the MIM head learned per-patch normalised targets: written by training from
+    ``task.norm_pix_loss`` when the model has a MIM head; read to de-normalise reconstructions."""
     pooling: str = "cls"
     """How each stream's pooler summarises it: "cls" (first token, the paper) or "mean" (mean of the
     real tokens; same parameters, learns faster in short fine-tuning)."""
@@ -276,7 +244,6 @@ class ModelConfig:
             f"mim_layer={self.mim_layer} out of range for {n} fusion layers (use 0..{n} or -1)",
         )
         _check(0.0 <= self.mask_ratio_image < 1.0, "mask_ratio_image must be in [0, 1)")
-        _check(0.0 <= self.mask_ratio_text < 1.0, "mask_ratio_text must be in [0, 1)")
         _check(self.mlm_decoder == "mlp", f"mlm_decoder must be 'mlp', got {self.mlm_decoder!r}")
         _check(self.pooling in ("cls", "mean"), f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
 
@@ -293,7 +260,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Inverse of `to_dict`; unknown keys raise `M3AEError` naming them."""
+        """Inverse of `to_dict`; unknown keys raise `M3AEError` naming them.
+
+        Keys that older versions wrote (`DEPRECATED_KEYS`) are dropped with a DeprecationWarning,
+        so old model folders still load.
+        """
+        old = sorted(set(d) & set(DEPRECATED_KEYS))
+        if old:
+            warnings.warn("model config: ignoring " + "; ".join(f"{k} ({DEPRECATED_KEYS[k]})" for k in old),
+                          DeprecationWarning, stacklevel=2)
+            d = {k: v for k, v in d.items() if k not in DEPRECATED_KEYS}
         return _from_dict(cls, d, "model")
 
     def with_heads(
@@ -321,6 +297,11 @@ class ModelConfig:
             raise M3AEError(f"unknown model {name!r}; available: {list_models()}")
         return _PRESETS[name]()
 
+
+DEPRECATED_KEYS = {
+    "mask_ratio_text": "nothing read it; the MLM share is data.mlm_probability",
+}
+"""Model-config keys older folders carry that are no longer fields -> why."""
 
 _SUBCONFIGS = {
     "vision": VisionConfig,

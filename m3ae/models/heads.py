@@ -95,3 +95,20 @@ def build_heads(cfg: ModelConfig) -> nn.ModuleDict:
         "itc": lambda: ITCHead(d),
     }
     return nn.ModuleDict({name: makers[name]() for name in cfg.heads})
+
+
+ITM_MATCH_ROW = 1
+"""Row of the ITM head's output that scores "the image and text match" (row 0 = mismatch)."""
+
+
+@torch.no_grad()
+def init_irtr_from_itm(heads: nn.ModuleDict, state_dict: dict[str, torch.Tensor]) -> None:
+    """Zero-shot retrieval: score = ITM "match" logit, so irtr starts as a copy of that ITM row.
+
+    Args:
+        heads: a model's heads, with an ``irtr`` head.
+        state_dict: a checkpoint under our names with ``heads.itm.weight`` / ``heads.itm.bias``.
+    """
+    row = slice(ITM_MATCH_ROW, ITM_MATCH_ROW + 1)
+    heads["irtr"].weight.copy_(state_dict["heads.itm.weight"][row])
+    heads["irtr"].bias.copy_(state_dict["heads.itm.bias"][row])

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from m3ae.models import io
 from m3ae.models.config import ModelConfig
 from m3ae.models.feature_cache import FrozenFeatureCache
 from m3ae.models.fusion import CoAttentionFusion
@@ -295,9 +296,7 @@ class M3AE(nn.Module):
         self, directory: str | Path, tokenizer: Any = None, extra: dict[str, Any] | None = None
     ) -> Path:
         """Write `model.safetensors`, `config.json` (+ `extra` metadata) and tokenizer files."""
-        from m3ae.weights.io import save_model
-
-        return save_model(self, directory, tokenizer=tokenizer, extra=extra)
+        return io.save_model(self, directory, tokenizer=tokenizer, extra=extra)
 
     @classmethod
     def from_pretrained(
@@ -314,8 +313,10 @@ class M3AE(nn.Module):
         ``directory`` may also be a Hub id ("org/name"), resolved through the local Hugging Face
         cache; it is downloaded only when ``allow_download=True``.
         """
-        from m3ae.weights.hub import resolve_model_dir
-        from m3ae.weights.io import load_model
-
-        folder = resolve_model_dir(directory, allow_download=allow_download)
-        return load_model(folder, image_size=image_size, map_location=map_location, verify=verify)
+        folder = io.resolve_model_dir(directory, allow_download=allow_download)
+        cfg = io.read_config(folder)
+        if verify:
+            io.verify_weights(folder, io.read_metadata(folder))
+        model = cls(cfg if image_size is None else cfg.with_image_size(image_size))
+        io.load_state_dict_checked(model, io.read_state_dict(folder, map_location), source=str(folder))
+        return model

@@ -265,141 +265,179 @@ def fit(
     Raises:
         M3AEError: a NaN/inf loss (the last good checkpoint is left intact), bad batch settings.
     """
-    info = D.dist_info()
-    device = resolve_device(train.device)
-    model.to(device)
-    accum = grad_accum_steps(train.batch_size, train.per_device_batch_size, info.world_size)
-    steps_per_epoch = loaders.micro_batches_per_epoch // accum
-    if steps_per_epoch == 0 and train.max_steps != 0:
-        raise M3AEError(
-            f"an epoch has {loaders.micro_batches_per_epoch} micro-batches per process, fewer than the "
-            f"{accum} needed for one step of batch_size {train.batch_size}; lower train.batch_size"
-        )
-    total = train.max_steps if train.max_steps is not None else steps_per_epoch * train.max_epochs
-    warmup = warmup_steps_for(optim, total)
-    optimizer = build_optimizer(model, optim)
-    precision = resolve_precision(train.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if precision.name == "fp16" else None
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
-    logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=train.tensorboard)
-    state = _State()
-    torch.manual_seed(train.seed)
+    run = _Run(task, model, loaders, optim, train, eval, run_dir, monitor, save_best, extra_state)
+    run.start(resume)
+    try:
+        while run.state.step < run.total:
+            if run.one_epoch():
+                break
+        run.finish()
+    finally:
+        run.progress.close()
+        run.logger.close()
+        if run.in_backward is not None:  # the model may train again elsewhere, with its own optimizer
+            run.in_backward.remove()
+    return FitResult(run.state.step, run.state.best_metric, run.state.best_step, run.last_metrics)
 
-    if not resume and ckpt_dir is not None and (ckpt_dir / "latest.json").exists():
-        raise M3AEError(f"{run_dir} already holds a training run; pass --resume to continue it, "
-                        "or choose another --out")
-    if not resume:
-        logger.truncate_after(0)  # a fresh run starts a fresh log
-    logger.log({"step": state.step, "precision": precision.name, "precision_reason": precision.reason},
-               prefix="run")
-    in_backward = _apply_speed_options(model, optimizer, train, optim, accum, scaler, logger, state.step)
-    if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
-        meta = load_checkpoint(path, model, optimizer)
-        state = _State(**meta["loop"])
-        if scaler is not None and meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
-        logger.truncate_after(state.step)
-        if info.is_main:
-            print(f"resumed from {path} (step {state.step})", flush=True)
-    D.broadcast_parameters(model)
 
-    def checkpoint() -> Path | None:
-        path = None
-        if ckpt_dir is not None and info.is_main:
-            extras = {
-                "loop": vars(state), "scheduler": {"step": state.step, "warmup": warmup, "total": total},
-                "scaler": scaler.state_dict() if scaler is not None else None, **(extra_state or {}),
-            }
-            path = save_checkpoint(ckpt_dir, state.step, model, optimizer, extras, keep=train.keep_checkpoints)
-        D.barrier()
-        return path
+class _Run:
+    """The pieces of one `fit` call: set-up and resume, one epoch, and the hook after each step
+    (log, validate, checkpoint). The resumable position is `state` (a `_State`)."""
 
-    validated_at = -1
+    def __init__(self, task: Task, model: nn.Module, loaders: Loaders, optim: OptimArgs, train: TrainArgs,
+                 eval: EvalArgs, run_dir: str | Path | None, monitor: str,  # noqa: A002
+                 save_best: Callable[[nn.Module, Path], None] | None, extra_state: dict[str, Any] | None) -> None:
+        self.task, self.model, self.loaders, self.optim, self.train, self.eval = task, model, loaders, optim, train, eval
+        self.monitor, self.save_best, self.extra_state = monitor, save_best or _save_pretrained, extra_state or {}
+        self.info = D.dist_info()
+        self.device = resolve_device(train.device)
+        model.to(self.device)
+        self.accum = grad_accum_steps(train.batch_size, train.per_device_batch_size, self.info.world_size)
+        steps_per_epoch = loaders.micro_batches_per_epoch // self.accum
+        if steps_per_epoch == 0 and train.max_steps != 0:
+            raise M3AEError(
+                f"an epoch has {loaders.micro_batches_per_epoch} micro-batches per process, fewer than the "
+                f"{self.accum} needed for one step of batch_size {train.batch_size}; lower train.batch_size"
+            )
+        self.total = train.max_steps if train.max_steps is not None else steps_per_epoch * train.max_epochs
+        self.warmup = warmup_steps_for(optim, self.total)
+        self.optimizer = build_optimizer(model, optim)
+        self.precision = resolve_precision(train.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.name == "fp16" else None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        self.logger = RunLogger(self.run_dir, enabled=self.info.is_main, tensorboard=train.tensorboard)
+        self.state = _State()
+        self.in_backward: OptimizerInBackward | None = None
+        self.validated_at = -1
+        self.last_metrics: dict[str, float] = {}
+        torch.manual_seed(train.seed)
 
-    def validate() -> dict[str, float]:
-        nonlocal validated_at
-        if loaders.validate is None:
+    # ------------------------------------------------------------------ set-up and resume
+    def start(self, resume: bool) -> None:
+        """Refuse to overwrite a run, start or truncate the log, restore the latest checkpoint."""
+        ckpt_dir, logger = self.ckpt_dir, self.logger
+        if not resume and ckpt_dir is not None and (ckpt_dir / "latest.json").exists():
+            raise M3AEError(f"{self.run_dir} already holds a training run; pass --resume to continue it, "
+                            "or choose another --out")
+        if not resume:
+            logger.truncate_after(0)  # a fresh run starts a fresh log
+        logger.log({"step": self.state.step, "precision": self.precision.name,
+                    "precision_reason": self.precision.reason}, prefix="run")
+        self.in_backward = _apply_speed_options(self.model, self.optimizer, self.train, self.optim, self.accum,
+                                                self.scaler, logger, self.state.step)
+        if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
+            meta = load_checkpoint(path, self.model, self.optimizer)
+            self.state = _State(**meta["loop"])
+            if self.scaler is not None and meta.get("scaler"):
+                self.scaler.load_state_dict(meta["scaler"])
+            logger.truncate_after(self.state.step)
+            if self.info.is_main:
+                print(f"resumed from {path} (step {self.state.step})", flush=True)
+        D.broadcast_parameters(self.model)
+        self.progress = _progress(self.total, self.state.step, enabled=self.info.is_main and self.train.progress)
+        self.model.train()
+        self.t_last, self.steps_since = time.perf_counter(), 0
+
+    # ------------------------------------------------------------------ one epoch
+    def one_epoch(self) -> bool:
+        """Steps until the epoch's loader runs out (then the epoch advances) or training is done.
+
+        Returns:
+            True when ``total`` steps are done.
+        """
+        state = self.state
+        windows_done = 0
+        for window in _windows(self.loaders.train(state.epoch, state.micro_in_epoch), self.accum):
+            windows_done += 1
+            factor = lr_factor(state.step, self.warmup, self.total)
+            set_lr(self.optimizer, factor)
+            lr = self.optim.lr * factor  # the base group's lr (multiplied groups scale with it)
+            stats = train_step(
+                self.task, self.model, self.optimizer, window, step=state.step, seed=self.train.seed,
+                precision=self.precision.name, device=self.device, scaler=self.scaler,
+                clip_grad_norm=self.optim.clip_grad_norm, in_backward=self.in_backward,
+            )
+            if stats.pop("nonfinite", 0.0):
+                last = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+                raise M3AEError(
+                    f"non-finite loss at step {state.step + 1} ({_fmt(stats)}); stopping. "
+                    f"Last good checkpoint: {last or 'none'} (resume with --resume after lowering "
+                    "optim.lr or using precision fp32)"
+                )
+            state.step += 1
+            state.micro_in_epoch += self.accum
+            self.after_step(stats, lr)
+            if state.step >= self.total:
+                return True
+        if windows_done == 0 and state.micro_in_epoch == 0:
+            raise M3AEError("the training loader yielded no complete batch in an epoch")
+        state.epoch += 1
+        state.micro_in_epoch = 0
+        if not self.eval.every_steps:
+            self.last_metrics = self.validate()
+        return False
+
+    # ------------------------------------------------------------------ after each step
+    def after_step(self, stats: dict[str, float], lr: float) -> None:
+        """Log (every ``log_every`` steps), validate (every ``eval.every_steps``), checkpoint."""
+        state, train = self.state, self.train
+        self.steps_since += 1
+        now = time.perf_counter()
+        sps = train.batch_size * self.steps_since / max(now - self.t_last, 1e-9)
+        if state.step % train.log_every == 0 or state.step == self.total:
+            rec = D.all_reduce_mean(stats)
+            self.logger.log({"step": state.step, "epoch": state.epoch, "lr": lr, **rec,
+                             "samples_per_s": round(sps, 3)})
+            self.t_last, self.steps_since = now, 0
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.1f}")
+        if self.eval.every_steps and state.step % self.eval.every_steps == 0:
+            self.last_metrics = self.validate()
+        if state.step % train.checkpoint_every == 0 and state.step < self.total:
+            self.checkpoint()
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics now; keeps the best model under ``run_dir/best``."""
+        if self.loaders.validate is None:
             return {}
-        validated_at = state.step
-        metrics = loaders.validate(model)
-        model.train()
-        logger.log({"step": state.step, "epoch": state.epoch, **metrics}, prefix="val")
-        key = monitor.lstrip("-")
+        state = self.state
+        self.validated_at = state.step
+        metrics = self.loaders.validate(self.model)
+        self.model.train()
+        self.logger.log({"step": state.step, "epoch": state.epoch, **metrics}, prefix="val")
+        key = self.monitor.lstrip("-")
         if key not in metrics:
-            raise M3AEError(f"eval.monitor {monitor!r} is not among the validation metrics {sorted(metrics)}")
-        value = -metrics[key] if monitor.startswith("-") else metrics[key]
+            raise M3AEError(f"eval.monitor {self.monitor!r} is not among the validation metrics {sorted(metrics)}")
+        value = -metrics[key] if self.monitor.startswith("-") else metrics[key]
         if _better(value, state.best_metric):
             state.best_metric, state.best_step = value, state.step
-            if run_dir is not None and info.is_main:
-                (save_best or _save_pretrained)(model, run_dir / "best")
+            if self.run_dir is not None and self.info.is_main:
+                self.save_best(self.model, self.run_dir / "best")
             D.barrier()
         return metrics
 
-    progress = _progress(total, state.step, enabled=info.is_main and train.progress)
-    samples_per_step = train.batch_size
-    last_metrics: dict[str, float] = {}
-    model.train()
-    t_last, steps_since = time.perf_counter(), 0
-    try:
-        while state.step < total:
-            batches = loaders.train(state.epoch, state.micro_in_epoch)
-            windows_done = 0
-            for window in _windows(batches, accum):
-                windows_done += 1
-                factor = lr_factor(state.step, warmup, total)
-                set_lr(optimizer, factor)
-                lr = optim.lr * factor  # the base group's lr (multiplied groups scale with it)
-                stats = train_step(
-                    task, model, optimizer, window, step=state.step, seed=train.seed,
-                    precision=precision.name, device=device, scaler=scaler,
-                    clip_grad_norm=optim.clip_grad_norm, in_backward=in_backward,
-                )
-                if stats.pop("nonfinite", 0.0):
-                    last = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
-                    raise M3AEError(
-                        f"non-finite loss at step {state.step + 1} ({_fmt(stats)}); stopping. "
-                        f"Last good checkpoint: {last or 'none'} (resume with --resume after lowering "
-                        "optim.lr or using precision fp32)"
-                    )
-                state.step += 1
-                state.micro_in_epoch += accum
-                steps_since += 1
-                now = time.perf_counter()
-                sps = samples_per_step * steps_since / max(now - t_last, 1e-9)
-                if state.step % train.log_every == 0 or state.step == total:
-                    rec = D.all_reduce_mean(stats)
-                    logger.log({"step": state.step, "epoch": state.epoch, "lr": lr, **rec,
-                                "samples_per_s": round(sps, 3)})
-                    t_last, steps_since = now, 0
-                progress.update(1)
-                progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.1f}")
-                if eval.every_steps and state.step % eval.every_steps == 0:
-                    last_metrics = validate()
-                if state.step % train.checkpoint_every == 0 and state.step < total:
-                    checkpoint()
-                if state.step >= total:
-                    break
-            else:  # the epoch ran out
-                if windows_done == 0 and state.micro_in_epoch == 0:
-                    raise M3AEError("the training loader yielded no complete batch in an epoch")
-                state.epoch += 1
-                state.micro_in_epoch = 0
-                if not eval.every_steps:
-                    last_metrics = validate()
-                continue
-            break
-        if loaders.validate is not None and validated_at != state.step:
-            last_metrics = validate()
-        if loaders.validate is None and run_dir is not None and info.is_main:
-            (save_best or _save_pretrained)(model, run_dir / "best")
-        checkpoint()
-    finally:
-        progress.close()
-        logger.close()
-        if in_backward is not None:  # the model may train again elsewhere, with its own optimizer
-            in_backward.remove()
-    return FitResult(state.step, state.best_metric, state.best_step, last_metrics)
+    def checkpoint(self) -> Path | None:
+        """Save the resumable state (rank 0) and wait for every rank."""
+        path = None
+        if self.ckpt_dir is not None and self.info.is_main:
+            extras = {
+                "loop": vars(self.state),
+                "scheduler": {"step": self.state.step, "warmup": self.warmup, "total": self.total},
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None, **self.extra_state,
+            }
+            path = save_checkpoint(self.ckpt_dir, self.state.step, self.model, self.optimizer, extras,
+                                   keep=self.train.keep_checkpoints)
+        D.barrier()
+        return path
+
+    def finish(self) -> None:
+        """A last validation (unless this step had one), the final model, a last checkpoint."""
+        if self.loaders.validate is not None and self.validated_at != self.state.step:
+            self.last_metrics = self.validate()
+        if self.loaders.validate is None and self.run_dir is not None and self.info.is_main:
+            self.save_best(self.model, self.run_dir / "best")
+        self.checkpoint()
 
 
 def _apply_speed_options(model: nn.Module, optimizer: torch.optim.Optimizer, train: TrainArgs,

@@ -67,10 +67,10 @@ def _model_config(cfg: RunConfig) -> Any:
     from m3ae.models import ModelConfig
 
     base = ModelConfig.from_name(cfg.model.name)
-    if not cfg.model.config:
-        return base
     d = base.to_dict()
-    for key, value in cfg.model.config.items():
+    if "mim" in HEADS[cfg.task.name]:  # the saved config records how its MIM head was trained
+        d.update(mask_ratio_image=cfg.task.mask_ratio, norm_pix_loss=cfg.task.norm_pix_loss)
+    for key, value in (cfg.model.config or {}).items():
         node = d
         *parents, leaf = str(key).split(".")
         for p in parents:
@@ -85,7 +85,7 @@ def _model_config(cfg: RunConfig) -> Any:
 
 def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
     """Builds the model for the recipe's task and loads its initial weights."""
-    from m3ae.models import create_model
+    from m3ae.weights.factory import create_model
 
     task = cfg.task.name
     model = create_model(
@@ -214,6 +214,7 @@ def _extra_metadata(cfg: RunConfig, data_dir: str | Path, summary: dict[str, Any
     from m3ae.data import read_answers, read_labels
 
     extra: dict[str, Any] = {"task": cfg.task.name, "data": cfg.data.to_dict(),
+                             "preprocessing": cfg.data.preprocessing().to_dict(),
                              "dataset": summary.get("dataset"), "protocol": summary.get("protocol")}
     if cfg.task.name in ("vqa", "cls"):
         extra["image_input"] = cfg.task.image_input

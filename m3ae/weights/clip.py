@@ -7,7 +7,8 @@ Accepted sources:
 * a transformers `CLIPVisionModel` / `CLIPModel` folder (config.json + safetensors/bin).
 
 Like upstream, only the first `layers` blocks are kept (CLIP's later blocks are dropped), the
-final `visual.proj` is not used, and the position table is resized to the configured grid.
+final `visual.proj` is not used, and the position table is resized to the configured grid (by the
+strict loader of `m3ae.models.io`, shared with every other weight source).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from m3ae.errors import CheckpointError
-from m3ae.models.masking import resize_pos_embed
+from m3ae.models.io import load_state_dict_checked
 from m3ae.weights.unpickle import Placeholder, RestrictedUnpickler, load_checkpoint_file
 
 _OPENAI_RENAMES = [
@@ -168,9 +169,7 @@ def clip_to_vision_state_dict(
             dropped.append(key)  # visual.proj: the joint-space projection is not used
             continue
         out[new] = value.float()
-    if "pos_embed" in out and out["pos_embed"].shape[0] != cfg.num_patches + 1:
-        out["pos_embed"] = resize_pos_embed(out["pos_embed"], cfg.grid, num_prefix=1)
-    return out, dropped
+    return out, dropped  # the position table is resized to the tower's grid by the loader
 
 
 def load_clip_vision(tower: nn.Module, path: str | Path) -> str:
@@ -180,17 +179,5 @@ def load_clip_vision(tower: nn.Module, path: str | Path) -> str:
         CheckpointError: missing blocks, missing keys or shape mismatches.
     """
     sd, dropped = clip_to_vision_state_dict(read_clip_state_dict(path), tower)
-    own = tower.state_dict()
-    missing = sorted(set(own) - set(sd))
-    bad = [
-        f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or bad:
-        raise CheckpointError(
-            f"{path}: CLIP weights do not fit the vision config: missing={missing[:10]}, "
-            f"shape mismatches={bad[:10]}"
-        )
-    tower.load_state_dict(sd, strict=True)
-    return f"vision tower loaded from {path} ({len(sd)} tensors, {len(dropped)} CLIP tensors not used)"
+    report = load_state_dict_checked(tower, sd, f"{path} (CLIP weights for the vision config)")
+    return f"vision tower loaded from {path} ({report.loaded} tensors, {len(dropped)} CLIP tensors not used)"

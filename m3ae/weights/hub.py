@@ -4,9 +4,9 @@ A folder written by `M3AE.save_pretrained` (plus the model card that fine-tuning
 valid Hub model repository: ``config.json``, ``model.safetensors`` and ``README.md`` with YAML
 metadata. Here:
 
-- `resolve_model_dir("org/name")` finds its snapshot in the Hugging Face cache
-  (``HF_HUB_CACHE``, laid out by ``huggingface_hub``) and **never downloads** unless
-  ``allow_download=True``; a local folder passes through unchanged.
+- `resolve_model_dir("org/name")` (defined with our folder format in `m3ae.models.io`, re-exported
+  here) finds its snapshot in the Hugging Face cache (``HF_HUB_CACHE``) and **never downloads**
+  unless ``allow_download=True``; a local folder passes through unchanged.
 - `push_to_hub(dir, "org/name")` is a thin wrapper over ``HfApi.create_repo`` +
   ``HfApi.upload_folder`` that first checks the folder is a complete model repository.
 
@@ -15,73 +15,19 @@ imported inside the functions.
 """
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from m3ae.errors import M3AEError
+from m3ae.models.io import REPO_ID as _REPO_ID
+from m3ae.models.io import is_hub_id, resolve_model_dir
 
-# what a Hub repo id looks like: "name" or "org/name" (letters, digits, '-', '_', '.')
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+__all__ = ["is_hub_id", "resolve_model_dir", "plan_push", "push_to_hub", "PushPlan"]
+
 REQUIRED_FILES = ("config.json", "model.safetensors", "README.md")
 # files of a model folder that belong on the Hub; training leftovers (checkpoints, logs) do not
 UPLOAD_PATTERNS = ("*.json", "*.safetensors", "*.md", "*.txt", "*.model", "*.onnx")
-
-
-def is_hub_id(name: str | Path) -> bool:
-    """True when ``name`` is not an existing path and has the shape of a Hub repo id (org/name)."""
-    text = str(name)
-    return not Path(text).expanduser().exists() and "/" in text and bool(_REPO_ID.match(text))
-
-
-def _cache_dir(cache_dir: str | Path | None) -> str | None:
-    # read at call time: huggingface_hub reads HF_HUB_CACHE once, when it is first imported
-    return str(cache_dir) if cache_dir is not None else os.environ.get("HF_HUB_CACHE") or None
-
-
-def resolve_model_dir(
-    name_or_path: str | Path,
-    allow_download: bool = False,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-) -> Path:
-    """A local model folder, or the cached snapshot of a Hub model id.
-
-    Args:
-        name_or_path: a folder written by `save_pretrained`, or a Hub id such as "org/m3ae-vqa-rad".
-        allow_download: fetch the repository when it is not cached (off by default: m3ae never
-            touches the network unless asked).
-        revision: branch, tag or commit (default: the cached "main").
-        cache_dir: the Hugging Face cache (default: ``HF_HUB_CACHE``, else huggingface_hub's).
-
-    Returns:
-        The folder holding ``config.json`` and ``model.safetensors``.
-
-    Raises:
-        M3AEError: a path that does not exist, or a Hub id that is not in the cache.
-    """
-    path = Path(name_or_path).expanduser()
-    if path.exists() or not is_hub_id(name_or_path):
-        return path  # a local path (missing files are reported by the loader, naming the folder)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    cache = _cache_dir(cache_dir)
-    try:
-        folder = snapshot_download(str(name_or_path), revision=revision, cache_dir=cache,
-                                   local_files_only=not allow_download)
-    except LocalEntryNotFoundError:
-        where = cache or "the default Hugging Face cache"
-        raise M3AEError(
-            f"{name_or_path}: not a local folder, and not in the Hugging Face cache ({where}); "
-            "download it first (huggingface-cli download "
-            f"{name_or_path}) or pass allow_download=True"
-        ) from None
-    except Exception as err:  # offline mode, a missing repo or revision: one clear line
-        raise M3AEError(f"{name_or_path}: could not resolve on the Hugging Face Hub: {err}") from None
-    return Path(folder)
 
 
 @dataclass(frozen=True)

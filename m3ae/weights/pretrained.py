@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m3ae.errors import M3AEError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from m3ae.preprocessing import Preprocessing
 UPSTREAM_SOURCE = (
     "https://github.com/zhjohnchan/M3AE (README: Google Drive folder 1lS2fm8RqFxoKQ8cgYD9hMFoOuHuKZNoY)"
 )
@@ -34,12 +32,15 @@ class PretrainedCfg:
     """Answers (vqa) or classes (cls)."""
     max_text_len: int = 64
     """Text length used upstream for this task."""
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
-    interpolation: str = "bicubic"
-    tokenizer: str = "roberta-base"
     source: str = UPSTREAM_SOURCE
+    """Where the file is published."""
     license: str = "see the upstream repository"
+    """Its license."""
+
+    def preprocessing(self, image_size: int | None = None) -> Preprocessing:
+        """What the weights expect: CLIP mean/std, bicubic, upstream's text length, RoBERTa's
+        tokenizer (packaged with m3ae). ``m3ae convert`` writes it into the model folder."""
+        return Preprocessing(image_size=image_size or self.image_size, max_text_len=self.max_text_len)
 
 
 PRETRAINED: dict[str, PretrainedCfg] = {
@@ -56,6 +57,12 @@ PRETRAINED: dict[str, PretrainedCfg] = {
     ),
     "m3ae_base_patch16_384.roco_irtr": PretrainedCfg("m3ae_finetuned_irtr_roco.ckpt", 384, "irtr", 0, 40),
 }
+
+
+def find_by_file(path: str | Path) -> PretrainedCfg | None:
+    """The registered entry whose released file name is ``path``'s name, if any."""
+    name = Path(path).name
+    return next((entry for entry in PRETRAINED.values() if entry.file == name), None)
 
 
 def list_pretrained() -> list[str]:

@@ -1,4 +1,9 @@
-"""`create_model`: build from a config, then load weights from local files (never downloads)."""
+"""`create_model`: build from a config, then load weights from local files (never downloads).
+
+It sits on the weights floor because it reads every source: our folders (`m3ae.models.io`),
+official ``.ckpt`` files (`m3ae.weights.upstream`), CLIP (`m3ae.weights.clip`) and HF text
+folders (`m3ae.weights.text`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,14 @@ from typing import Any
 import torch
 
 from m3ae.errors import M3AEError
-from m3ae.models.config import ModelConfig, TextConfig
+from m3ae.models import io
+from m3ae.models.config import ModelConfig
+from m3ae.models.heads import init_irtr_from_itm
 from m3ae.models.m3ae import M3AE
+from m3ae.weights.clip import load_clip_vision
+from m3ae.weights.pretrained import PRETRAINED, resolve_pretrained
+from m3ae.weights.text import load_text_weights, text_config_from_folder
+from m3ae.weights.upstream import read_upstream
 
 
 def resolve_config(name_or_config: str | ModelConfig | dict[str, Any]) -> ModelConfig:
@@ -33,13 +44,10 @@ def _require(path: str | Path, what: str) -> Path:
 
 def _resolve_named(pretrained: str | Path) -> str | Path:
     """A registered `arch.tag` -> its local file; a Hub id -> its cached snapshot; paths unchanged."""
-    from m3ae.weights.hub import is_hub_id, resolve_model_dir
-    from m3ae.weights.pretrained import PRETRAINED, resolve_pretrained
-
     if isinstance(pretrained, str) and pretrained in PRETRAINED and not Path(pretrained).exists():
         return resolve_pretrained(pretrained)
-    if is_hub_id(pretrained):
-        return resolve_model_dir(pretrained)  # the local Hugging Face cache only, never a download
+    if io.is_hub_id(pretrained):
+        return io.resolve_model_dir(pretrained)  # the local Hugging Face cache only, never a download
     return pretrained
 
 
@@ -48,13 +56,9 @@ def _read_source(
 ) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str]]:
     """(config, state dict under our names, notes) from one of our folders or an upstream .ckpt."""
     if path.is_dir():
-        from m3ae.weights.io import read_config, read_metadata, read_state_dict, verify_weights
-
-        config = read_config(path)
-        verify_weights(path, read_metadata(path))
-        return config, read_state_dict(path), []
-    from m3ae.weights.upstream import read_upstream
-
+        config = io.read_config(path)
+        io.verify_weights(path, io.read_metadata(path))
+        return config, io.read_state_dict(path), []
     cfg, sd, report = read_upstream(path, image_size=image_size)
     return cfg, sd, report.lines()
 
@@ -104,8 +108,6 @@ def create_model(
         M3AEError: unknown name, missing path, or architecture mismatch.
         CheckpointError: weights that do not match.
     """
-    from m3ae.weights.io import LoadReport
-
     if pretrained is not None and (vision_weights is not None or text_weights is not None):
         # tower weights initialise a model from scratch; after a full checkpoint they would
         # silently overwrite its trained towers
@@ -129,7 +131,7 @@ def create_model(
         )
     assert cfg is not None
     if text_weights is not None:
-        text_cfg = TextConfig.from_pretrained_folder(_require(text_weights, "text weights"))
+        text_cfg = text_config_from_folder(_require(text_weights, "text weights"))
         cfg = dataclasses.replace(cfg, text=text_cfg)  # a copy: the caller's config is not mutated
     if heads is not None or num_answers is not None or num_classes is not None:
         cfg = cfg.with_heads(cfg.heads if heads is None else heads, num_answers, num_classes)
@@ -137,18 +139,14 @@ def create_model(
         cfg = cfg.with_image_size(image_size)
 
     model = M3AE(cfg)
-    report = LoadReport()
+    report = io.LoadReport()
     if state_dict is not None:
         report = _load_checkpoint(model, state_dict, str(pretrained), source_cfg)
         report.notes = notes + report.notes
     if vision_weights is not None:
-        from m3ae.weights.clip import load_clip_vision
-
         report.notes.append(load_clip_vision(model.vision_encoder, _require(vision_weights, "CLIP weights")))
     text_path = text_weights or cfg.text.pretrained_path
     if text_path is not None and state_dict is None:
-        from m3ae.models.text import load_text_weights
-
         load_text_weights(model.text_encoder, _require(text_path, "text weights"))
         report.notes.append(f"text tower loaded from {text_path}")
     model.load_report = report
@@ -159,21 +157,12 @@ def _load_checkpoint(
     model: M3AE, state_dict: dict[str, torch.Tensor], source: str, source_cfg: ModelConfig
 ) -> Any:
     """Load with the allow-lists "new heads may be missing" and "unrequested heads may be dropped"."""
-    from m3ae.weights.io import load_state_dict_checked
-
     have = set(source_cfg.heads)
     want = set(model.config.heads)
     new = tuple(f"heads.{h}." for h in sorted(want - have))
     dropped = tuple(f"heads.{h}." for h in sorted(have - want))
-    report = load_state_dict_checked(model, state_dict, source, allow_missing=new, allow_unexpected=dropped)
+    report = io.load_state_dict_checked(model, state_dict, source, allow_missing=new, allow_unexpected=dropped)
     if "irtr" in want - have and "heads.itm.weight" in state_dict:
-        init_irtr_from_itm(model, state_dict)
+        init_irtr_from_itm(model.heads, state_dict)
         report.notes.append("heads.irtr initialised from the ITM 'match' row (itm row 1)")
     return report
-
-
-@torch.no_grad()
-def init_irtr_from_itm(model: M3AE, state_dict: dict[str, torch.Tensor]) -> None:
-    """Zero-shot retrieval: score = ITM "match" logit, so irtr starts as a copy of itm row 1."""
-    model.heads["irtr"].weight.copy_(state_dict["heads.itm.weight"][1:])
-    model.heads["irtr"].bias.copy_(state_dict["heads.itm.bias"][1:])

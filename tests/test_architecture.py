@@ -1,0 +1,165 @@
+"""The package's floors: what each part may import, and no import circle between any two files.
+
+Every module is parsed with `ast`, so imports inside functions count, and so do the names of the
+lazy ``_LAZY`` tables of package ``__init__`` files and ``importlib.import_module("m3ae...")``
+calls. See docs/architecture.md for the floors.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "m3ae"
+
+# floor -> floors it may NOT import (the issue's rules; anything not listed is allowed)
+FORBIDDEN = {
+    "models": {"weights", "data", "train", "tasks", "cli", "serve", "inference", "demo"},
+    "data": {"models", "train", "weights", "tasks", "serve", "inference", "demo"},
+    "weights": {"train", "data", "tasks", "serve", "inference", "demo"},
+}
+# the lowest floor: single files that import nothing of the package but each other
+BASE = {"errors", "guards", "_lazy", "_version", "preprocessing", "hardware", "metrics"}
+# ``m3ae.models.create_model``: a deprecated alias resolved on attribute access only (with a
+# warning), kept so that old code does not break; the one allowed edge against a floor rule
+DEPRECATED_ALIASES = {("m3ae.models", "m3ae.weights.factory")}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _lazy_table(tree: ast.Module) -> dict[str, str]:
+    """A package's ``_LAZY = {"name": "m3ae.module"}`` table, if it has one."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+TREES = {name: ast.parse(path.read_text()) for name, path in MODULES.items()}
+LAZY = {name: _lazy_table(tree) for name, tree in TREES.items()}
+
+
+def _target(module: str, name: str | None) -> str | None:
+    """The file that ``from module import name`` (or ``import module``) really reads."""
+    if name is not None:
+        if f"{module}.{name}" in MODULES:
+            return f"{module}.{name}"  # a submodule
+        if name in LAZY.get(module, {}):
+            return LAZY[module][name]  # a lazily re-exported name: the module that defines it
+    while module not in MODULES and "." in module:
+        module = module.rsplit(".", 1)[0]
+    return module if module in MODULES else None
+
+
+def imports_of(name: str) -> set[str]:
+    """Every package module `name` imports, at any depth of its code."""
+    tree, is_pkg = TREES[name], MODULES[name].name == "__init__.py"
+    out: set[str | None] = set(LAZY[name].values())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(_target(a.name, None) for a in node.names if a.name.startswith("m3ae"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module.startswith("m3ae"):
+                out.update(_target(module, a.name) for a in node.names)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant)
+              and str(node.args[0].value).startswith("m3ae")):
+            out.add(_target(node.args[0].value, None))
+    return {m for m in out if m and m != name}
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def floor(module: str) -> str:
+    """"models" for m3ae.models.*, "cli" for m3ae.cli, ... ("" for the package itself)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_the_graph_sees_imports_inside_functions() -> None:
+    # guards the parser itself: these edges exist only inside function bodies or lazy tables
+    assert "m3ae.weights.upstream" in GRAPH["m3ae.weights.factory"]
+    assert "m3ae.data.text" in GRAPH["m3ae.inference"]  # `from m3ae.data import load_tokenizer`
+    assert "m3ae.weights.factory" in GRAPH["m3ae"]  # the lazy table
+    assert "m3ae.weights.factory" in GRAPH["m3ae.models"]  # the deprecated alias is seen, then exempted
+
+
+@pytest.mark.parametrize("lower", sorted(FORBIDDEN))
+def test_floor_rules(lower: str) -> None:
+    bad = [
+        f"{src} -> {dst}"
+        for src, deps in GRAPH.items() if floor(src) == lower
+        for dst in deps if floor(dst) in FORBIDDEN[lower] and (src, dst) not in DEPRECATED_ALIASES
+    ]
+    assert not bad, f"m3ae.{lower} may not import {sorted(FORBIDDEN[lower])}: {bad}"
+
+
+def test_base_floor_imports_only_the_base() -> None:
+    bad = [f"{src} -> {dst}" for src, deps in GRAPH.items() if floor(src) in BASE and src.count(".") == 1
+           for dst in deps if floor(dst) not in BASE]
+    assert not bad, bad
+
+
+def test_no_import_circle_between_files() -> None:
+    graph = {n: {d for d in deps if (n, d) not in DEPRECATED_ALIASES} for n, deps in GRAPH.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_import_models_stays_light() -> None:
+    code = ("import sys, m3ae.models, m3ae.models.io; "
+            "bad = [m for m in sys.modules if m.startswith(('m3ae.train', 'm3ae.data', 'm3ae.weights')) "
+            "or m == 'pyarrow']; print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_deprecated_create_model_alias_still_works() -> None:
+    import m3ae
+    import m3ae.models
+
+    with pytest.warns(DeprecationWarning, match="m3ae.create_model"):
+        alias = m3ae.models.create_model
+    assert alias is m3ae.create_model
