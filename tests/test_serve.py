@@ -188,8 +188,9 @@ def server(model_dir):
     """`m3ae serve` in a subprocess on 127.0.0.1; yields its base URL."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # fp32 like the reference pipeline the answers are compared with (auto means bf16 on a CPU with it)
     proc = subprocess.Popen([sys.executable, "-m", "m3ae.cli", "serve", "--model", str(model_dir),
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--port", str(port), "--precision", "fp32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     import httpx
 
