@@ -133,7 +133,7 @@ class M3AE(nn.Module):
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text tower + projection + text modality embedding: [B, L_t] -> [B, L_t, D]."""
         with self._tower_grad("text_encoder"):
-            if self.text_cache is not None and "text_encoder" in self.frozen:
+            if self.text_cache is not None:  # only set by cache_frozen_text(), on a frozen tower
                 feats = self.text_cache(partial(encode_text, self.text_encoder), input_ids, attention_mask)
             else:
                 feats = encode_text(self.text_encoder, input_ids, attention_mask)

@@ -52,6 +52,10 @@ class ModelArgs:
     config: dict = field(default_factory=dict)
     """Overrides of ModelConfig fields, dotted (e.g. {"fusion.dropout": 0.0, "mim_layer": 3})."""
 
+    def __post_init__(self) -> None:
+        if self.text_cache_mb < 0:
+            raise M3AEError(f"model.text_cache_mb must be >= 0 (0 = off), got {self.text_cache_mb}")
+
 
 @dataclass
 class OptimArgs:
