@@ -70,6 +70,62 @@ def test_pretrain_every_parameter_gets_a_gradient():
     assert model.poolers["text"].dense.weight.grad.any() and model.poolers["image"].dense.weight.grad.any()
 
 
+def ablated(**fields) -> M3AE:
+    import dataclasses
+    torch.manual_seed(0)
+    return M3AE(dataclasses.replace(ModelConfig.from_name("m3ae-tiny"), **fields))
+
+
+@pytest.mark.parametrize("fields", [{"mlm_decoder": "transformer", "mlm_decoder_depth": 2}, {"mlm_layer": 1},
+                                    {"mim_layer": -1}], ids=["text-decoder", "mlm-layer-1", "mim-last"])
+def test_design_ablations_keep_per_pass_backward_exact(fields):
+    model = ablated(**fields)
+    model.eval()
+    batch = pretrain_batch(model)
+    task = PretrainTask()
+    task.losses(model, batch)["loss"].backward()
+    want = grads(model)
+    model.zero_grad(set_to_none=True)
+    task.forward_backward(model, batch, lambda loss: loss)
+    got = grads(model)
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_zero_weight_objective_is_not_run():
+    model = tiny()
+    out = PretrainTask(mim_weight=0.0).forward_backward(model, pretrain_batch(model), lambda loss: loss)
+    assert "mim_loss" not in out and {"mlm_loss", "itm_loss"} <= set(out)
+    assert all(p.grad is None for p in model.heads["mim"].parameters())
+    with pytest.raises(M3AEError, match="at least one"):
+        PretrainTask(mlm_weight=0.0, mim_weight=0.0, itm_weight=0.0)
+
+
+def test_mlm_from_an_intermediate_layer_reads_that_layer():
+    # MLM alone, read from the output of fusion layer 0: later text layers and the image stack
+    # of the fusion do not reach the loss, so they get no gradient
+    model = ablated(mlm_layer=1)
+    PretrainTask(mim_weight=0.0, itm_weight=0.0).forward_backward(model, pretrain_batch(model), lambda loss: loss)
+    assert model.fusion.text_layers[0].fc1.weight.grad is not None
+    assert all(p.grad is None for layer in model.fusion.text_layers[1:] for p in layer.parameters())
+    assert all(p.grad is None for p in model.fusion.image_layers.parameters())
+
+
+def test_transformer_text_decoder_ignores_padding():
+    model = ablated(mlm_decoder="transformer")
+    model.eval()
+    head = model.heads["mlm"]
+    x = torch.randn(2, 6, model.config.width)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
+    y = x.clone()
+    y[0, 4:] = torch.randn(2, model.config.width)  # only padded positions differ
+    torch.testing.assert_close(head(x, mask)[0, :4], head(y, mask)[0, :4])
+    z = x.clone()
+    z[1, 5] = torch.randn(model.config.width)  # a real token differs: the others' logits follow
+    assert not torch.allclose(head(x, mask)[1, 0], head(z, mask)[1, 0])
+
+
 def test_pretrain_batch_missing_key_is_a_clear_error():
     model = tiny()
     batch = pretrain_batch(model)

@@ -19,6 +19,7 @@ HEAD_NAMES = ("mlm", "mim", "itm", "vqa", "cls", "irtr", "itc")
 """Every task head the model can carry, in the order they are built."""
 
 PRETRAIN_HEADS = ("mlm", "mim", "itm")
+MLM_DECODERS = ("mlp", "transformer")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -209,8 +210,14 @@ class ModelConfig:
     read it). The MLM share is a data setting (``data.mlm_probability``)."""
     mim_layer: int = 3
     """Index into `image_hidden` read by the MIM decoder: k = input of fusion layer k; -1 = last."""
+    mlm_layer: int = -1
+    """Index into `text_hidden` read by the MLM head: -1 = the last fusion layer (the paper); k = the
+    input of fusion layer k (ablation: tokens reconstructed from an intermediate layer)."""
     mlm_decoder: str = "mlp"
-    """MLM decoder design: "mlp" (BERT prediction head, as upstream)."""
+    """MLM decoder design: "mlp" (BERT prediction head, as upstream) or "transformer" (ablation:
+    `mlm_decoder_depth` self-attention blocks over the text stream before that head)."""
+    mlm_decoder_depth: int = 1
+    """Blocks of the "transformer" MLM decoder (fusion width and heads)."""
     norm_pix_loss: bool = True
     """Whether the MIM head learned per-patch normalised targets: written by training from
     ``task.norm_pix_loss`` when the model has a MIM head; read to de-normalise reconstructions."""
@@ -243,8 +250,14 @@ class ModelConfig:
             -(n + 1) <= self.mim_layer <= n,
             f"mim_layer={self.mim_layer} out of range for {n} fusion layers (use 0..{n} or -1)",
         )
+        _check(
+            -(n + 1) <= self.mlm_layer <= n,
+            f"mlm_layer={self.mlm_layer} out of range for {n} fusion layers (use 0..{n} or -1)",
+        )
         _check(0.0 <= self.mask_ratio_image < 1.0, "mask_ratio_image must be in [0, 1)")
-        _check(self.mlm_decoder == "mlp", f"mlm_decoder must be 'mlp', got {self.mlm_decoder!r}")
+        _check(self.mlm_decoder in MLM_DECODERS,
+               f"mlm_decoder must be one of {list(MLM_DECODERS)}, got {self.mlm_decoder!r}")
+        _check(self.mlm_decoder_depth >= 1, f"mlm_decoder_depth must be >= 1, got {self.mlm_decoder_depth}")
         _check(self.pooling in ("cls", "mean"), f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
 
     @property

@@ -3,7 +3,8 @@
 * `PixelDecoder` (MIM): an MAE-style decoder that re-inserts mask tokens at the removed patch
   positions and predicts the P*P*C pixel values of every patch. Upstream uses CLIP-style pre-LN
   blocks with QuickGELU; the "mlp" variant replaces the blocks with a per-token MLP (ablation).
-* `MLMHead`: BERT's prediction head (dense, GELU, LayerNorm) and an untied vocabulary decoder.
+* `MLMHead`: BERT's prediction head (dense, GELU, LayerNorm) and an untied vocabulary decoder; the
+  "transformer" variant (ablation) puts self-attention blocks over the text stream before it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3ae.models.config import PixelDecoderConfig, VisionConfig
+from m3ae.models.fusion import MultiHeadAttention, key_padding_mask
 from m3ae.models.masking import sincos_pos_embed_2d
 from m3ae.models.vision import LayerNormFp32, ResidualAttentionBlock, run_blocks
 
@@ -91,15 +93,48 @@ class MLMTransform(nn.Module):
         return self.norm(F.gelu(self.dense(x)))
 
 
-class MLMHead(nn.Module):
-    """Masked-language-model head; the decoder is not tied to the word embeddings (as upstream)."""
+class TextBlock(nn.Module):
+    """Post-LN BERT block without cross-attention: the "transformer" MLM decoder's unit."""
 
-    def __init__(self, width: int, vocab_size: int) -> None:
+    def __init__(self, width: int, heads: int, eps: float = 1e-12) -> None:
         super().__init__()
+        self.attn = MultiHeadAttention(width, heads, 0.0, eps)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.fc2 = nn.Linear(4 * width, width)
+        self.norm = nn.LayerNorm(width, eps=eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, L_t, D] -> [B, L_t, D]; mask: SDPA boolean key-padding mask or None."""
+        x = self.attn(x, x, mask)
+        return self.norm(x + self.fc2(F.gelu(self.fc1(x))))
+
+
+class MLMHead(nn.Module):
+    """Masked-language-model head; the decoder is not tied to the word embeddings (as upstream).
+
+    Args:
+        depth: 0 = the paper's MLP head; > 0 = that many `TextBlock`s over the whole text stream
+            first (the "transformer" decoder ablation), which needs the [B, L_t, D] stream and its mask.
+    """
+
+    def __init__(self, width: int, vocab_size: int, depth: int = 0, heads: int = 1) -> None:
+        super().__init__()
+        if depth:
+            self.blocks = nn.ModuleList(TextBlock(width, heads) for _ in range(depth))
         self.transform = MLMTransform(width)
         self.decoder = nn.Linear(width, vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
-    def forward(self, text_feats: torch.Tensor) -> torch.Tensor:
-        """[..., D] -> [..., V] logits (any leading shape: [B, L_t, D] or the [N, D] labelled positions)."""
+    @property
+    def mixes_tokens(self) -> bool:
+        """Whether a token's logits depend on the other tokens (then run it on the whole stream)."""
+        return hasattr(self, "blocks")
+
+    def forward(self, text_feats: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[..., D] -> [..., V] logits (any leading shape: [B, L_t, D] or the [N, D] labelled positions;
+        with blocks, [B, L_t, D] and its [B, L_t] attention mask)."""
+        if self.mixes_tokens:
+            mask = key_padding_mask(attention_mask)
+            for block in self.blocks:
+                text_feats = block(text_feats, mask)
         return self.decoder(self.transform(text_feats)) + self.bias

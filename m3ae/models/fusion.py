@@ -188,7 +188,7 @@ class CoAttentionFusion(nn.Module):
         text_mask: torch.Tensor,
         image: torch.Tensor,
         image_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Fuse the streams.
 
         Args:
@@ -198,12 +198,13 @@ class CoAttentionFusion(nn.Module):
             image_mask: [B, 1+L_i'] or None (no image padding).
 
         Returns:
-            text [B, L_t, D], image [B, 1+L_i', D], and image_hidden: layers+1 tensors, the
-            image-stream input of each layer followed by the final output.
+            text [B, L_t, D], image [B, 1+L_i', D], then image_hidden and text_hidden: layers+1
+            tensors each, the stream's input of each layer followed by the final output (the
+            decoders read the layer their config names).
         """
         t_mask, i_mask = key_padding_mask(text_mask), key_padding_mask(image_mask)
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        image_hidden = [image]
+        image_hidden, text_hidden = [image], [text]
         for text_layer, image_layer in zip(self.text_layers, self.image_layers, strict=True):
             if use_ckpt:
                 new_text = checkpoint(text_layer, text, t_mask, image, i_mask, use_reentrant=False)
@@ -213,4 +214,5 @@ class CoAttentionFusion(nn.Module):
                 new_image = image_layer(image, i_mask, text, t_mask)
             text, image = new_text, new_image  # simultaneous update from the previous outputs
             image_hidden.append(image)
-        return text, image, image_hidden
+            text_hidden.append(text)
+        return text, image, image_hidden, text_hidden

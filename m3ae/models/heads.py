@@ -86,7 +86,9 @@ def build_heads(cfg: ModelConfig) -> nn.ModuleDict:
     """The task heads named in `cfg.heads`, in a ModuleDict keyed by name."""
     d = cfg.width
     makers = {
-        "mlm": lambda: MLMHead(d, cfg.text.vocab_size),
+        "mlm": lambda: MLMHead(d, cfg.text.vocab_size,
+                               depth=cfg.mlm_decoder_depth if cfg.mlm_decoder == "transformer" else 0,
+                               heads=cfg.fusion.heads),
         "mim": lambda: PixelDecoder(cfg.pixel_decoder, cfg.vision, d),
         "itm": lambda: nn.Linear(2 * d, 2),
         "vqa": lambda: ClassifierHead(2 * d, cfg.num_answers),

@@ -56,6 +56,8 @@ class EncoderOutput:
     """[B, L_i], 1 = removed (only when masked)."""
     ids_restore: torch.Tensor | None = None
     """[B, L_i] (only when masked)."""
+    text_hidden: list[torch.Tensor] = field(default_factory=list)
+    """fusion.layers+1 tensors: the text-stream input of each fusion layer, then the final output."""
 
 
 def init_new_weights(module: nn.Module) -> None:
@@ -130,10 +132,14 @@ class M3AE(nn.Module):
         """
         return ImageEmbeds(self.modality_embed.weight[IMAGE_TYPE].expand(batch_size, 1, -1))
 
-    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Text tower + projection + text modality embedding: [B, L_t] -> [B, L_t, D]."""
+    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        """Text tower + projection + text modality embedding: [B, L_t] -> [B, L_t, D].
+
+        cache=False bypasses the frozen-feature cache: for texts that never come back (MLM's
+        randomly masked copies), which would only push useful rows out of it.
+        """
         with self._tower_grad("text_encoder"):
-            if self.text_cache is not None:  # only set by cache_frozen_text(), on a frozen tower
+            if cache and self.text_cache is not None:  # only set by cache_frozen_text(), on a frozen tower
                 feats = self.text_cache(partial(encode_text, self.text_encoder), input_ids, attention_mask)
             else:
                 feats = encode_text(self.text_encoder, input_ids, attention_mask)
@@ -183,10 +189,11 @@ class M3AE(nn.Module):
         """
         if isinstance(image, torch.Tensor):
             image = ImageEmbeds(image)
-        text, fused_image, image_hidden = self.fusion(text, attention_mask, image.embeds)
+        text, fused_image, image_hidden, text_hidden = self.fusion(text, attention_mask, image.embeds)
         cls_feats = torch.cat([self.poolers["text"](text, attention_mask),
                                self.poolers["image"](fused_image)], dim=-1)  # [B, 2D]
-        return EncoderOutput(text, fused_image, cls_feats, image_hidden, image.mask, image.ids_restore)
+        return EncoderOutput(text, fused_image, cls_feats, image_hidden, image.mask, image.ids_restore,
+                             text_hidden)
 
     def forward(
         self,
@@ -222,6 +229,11 @@ class M3AE(nn.Module):
     def mim_features(self, out: EncoderOutput) -> torch.Tensor:
         """The image-stream features the MIM decoder reads: `out.image_hidden[config.mim_layer]`."""
         return out.image_hidden[self.config.mim_layer]
+
+    def mlm_features(self, out: EncoderOutput) -> torch.Tensor:
+        """The text-stream features the MLM head reads: `out.text_hidden[config.mlm_layer]` (the
+        last layer by default, as the paper: tokens are reconstructed from the top, pixels lower)."""
+        return out.text_hidden[self.config.mlm_layer] if out.text_hidden else out.text_feats
 
     # ------------------------------------------------------------------ training helpers
     def no_weight_decay(self) -> set[str]:

@@ -25,20 +25,26 @@ def fuse(model: nn.Module, text: torch.Tensor, attention_mask: torch.Tensor, ima
     return model.fuse(text, attention_mask, image)
 
 
-def mlm_loss_at_labels(model: nn.Module, text_feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def mlm_loss_at_labels(model: nn.Module, text_feats: torch.Tensor, labels: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """MLM cross-entropy with the vocabulary head applied to the labelled positions only.
 
     The same loss as the head over every position ([B, L_t, V] logits) followed by the masked
     mean, for about 15% of the work: the vocabulary projection is the largest matrix product of
-    pre-training at small widths.
+    pre-training at small widths. A head that mixes tokens (the transformer decoder) first runs
+    its blocks over the whole stream.
 
     Args:
-        text_feats: [B, L_t, D] final text stream; labels: [B, L_t], -100 = not predicted.
+        text_feats: [B, L_t, D] text stream (`model.mlm_features`); labels: [B, L_t], -100 = not
+            predicted; attention_mask: [B, L_t] (read by a token-mixing head only).
     """
     chosen = labels != -100
     if not bool(chosen.any()):
         return text_feats.sum() * 0.0
-    return L.mlm_loss(model.heads["mlm"](text_feats[chosen]), labels[chosen])  # [N, V] vs [N]
+    head = model.heads["mlm"]
+    if getattr(head, "mixes_tokens", False):
+        return L.mlm_loss(head(text_feats, attention_mask)[chosen], labels[chosen])
+    return L.mlm_loss(head(text_feats[chosen]), labels[chosen])  # [N, V] vs [N]
 
 
 class BaseTask:
@@ -96,15 +102,17 @@ class PretrainTask(BaseTask):
     def __init__(self, mlm_weight: float = 1.0, mim_weight: float = 1.0, itm_weight: float = 1.0,
                  mask_ratio: float = 0.75, norm_pix_loss: bool = True) -> None:
         self.weights = {"mlm": mlm_weight, "mim": mim_weight, "itm": itm_weight}
+        if not self.active:
+            raise M3AEError("pre-training needs at least one of task.mlm_weight, mim_weight, itm_weight > 0")
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
 
     # -- the three passes: (model, batch, shared embeddings) -> loss --------------------------
     def mlm_pass(self, model: nn.Module, batch: Batch, image: torch.Tensor) -> torch.Tensor:
         """Masked text + full image -> MLM cross-entropy on the masked positions."""
-        text = model.embed_text(batch["mlm_input_ids"], batch["attention_mask"])  # [B, L_t, D]
+        text = model.embed_text(batch["mlm_input_ids"], batch["attention_mask"], cache=False)  # [B, L_t, D]
         out = fuse(model, text, batch["attention_mask"], image)
-        return mlm_loss_at_labels(model, out.text_feats, batch["mlm_labels"])
+        return mlm_loss_at_labels(model, model.mlm_features(out), batch["mlm_labels"], batch["attention_mask"])
 
     def mim_pass(self, model: nn.Module, batch: Batch, text: torch.Tensor) -> torch.Tensor:
         """Full text + masked image -> pixel reconstruction loss on the removed patches."""
@@ -126,21 +134,34 @@ class PretrainTask(BaseTask):
         return L.itm_loss(model.heads["itm"](out.cls_feats), labels)
 
     def _total(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.weights[k] * parts[f"{k}_loss"] for k in self.weights)
+        return sum(self.weights[k] * parts[f"{k}_loss"] for k in self.active)
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """Objectives with a non-zero weight; the others' passes are not run at all (ablations)."""
+        return tuple(k for k, w in self.weights.items() if w)
 
     def losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         """All three losses from one graph, each pass through `model.encode` (the reference path)."""
         self.check_batch(batch)
         ids, mask, pix = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
-        out = model.encode(pix, batch["mlm_input_ids"], mask)
-        mlm = mlm_loss_at_labels(model, out.text_feats, batch["mlm_labels"])
-        out = model.encode(pix, ids, mask, image_noise=batch["image_noise"], mask_ratio=self.mask_ratio)
-        pred = model.heads["mim"](model.mim_features(out), out.ids_restore)
-        mim = L.mim_loss(pred, pix, out.image_mask, model.config.vision.patch_size, self.norm_pix_loss)
-        itm_pix = torch.where(batch["itm_labels"].bool()[:, None, None, None], pix, batch["itm_pixel_values"])
-        out = model.encode(itm_pix, ids, mask)
-        itm = L.itm_loss(model.heads["itm"](out.cls_feats), batch["itm_labels"])
-        parts = {"mlm_loss": mlm, "mim_loss": mim, "itm_loss": itm}
+
+        def mlm() -> torch.Tensor:
+            out = model.encode(pix, batch["mlm_input_ids"], mask)
+            return mlm_loss_at_labels(model, model.mlm_features(out), batch["mlm_labels"], mask)
+
+        def mim() -> torch.Tensor:
+            out = model.encode(pix, ids, mask, image_noise=batch["image_noise"], mask_ratio=self.mask_ratio)
+            pred = model.heads["mim"](model.mim_features(out), out.ids_restore)
+            return L.mim_loss(pred, pix, out.image_mask, model.config.vision.patch_size, self.norm_pix_loss)
+
+        def itm() -> torch.Tensor:
+            itm_pix = torch.where(batch["itm_labels"].bool()[:, None, None, None], pix, batch["itm_pixel_values"])
+            out = model.encode(itm_pix, ids, mask)
+            return L.itm_loss(model.heads["itm"](out.cls_feats), batch["itm_labels"])
+
+        passes = {"mlm": mlm, "mim": mim, "itm": itm}
+        parts = {f"{k}_loss": passes[k]() for k in self.active}
         return {"loss": self._total(parts), **parts}
 
     def losses_one_graph(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
@@ -150,8 +171,9 @@ class PretrainTask(BaseTask):
         self.check_batch(batch)
         image = model.embed_image(batch["pixel_values"]).embeds  # [B, 1+L_i, D]
         text = model.embed_text(batch["input_ids"], batch["attention_mask"])  # [B, L_t, D]
-        parts = {"mlm_loss": self.mlm_pass(model, batch, image), "mim_loss": self.mim_pass(model, batch, text),
-                 "itm_loss": self.itm_pass(model, batch, image, text)}
+        passes = {"mlm": lambda: self.mlm_pass(model, batch, image), "mim": lambda: self.mim_pass(model, batch, text),
+                  "itm": lambda: self.itm_pass(model, batch, image, text)}
+        parts = {f"{k}_loss": passes[k]() for k in self.active}
         return {"loss": self._total(parts), **parts}
 
     def forward_backward(self, model: nn.Module, batch: Batch, scale: Scale) -> dict[str, torch.Tensor]:
@@ -171,9 +193,10 @@ class PretrainTask(BaseTask):
             ("itm", lambda: self.itm_pass(model, batch, image, text)),
         )
         for key, run in passes:
+            if not self.weights[key]:
+                continue
             loss = run()
-            if self.weights[key]:
-                scale(self.weights[key] * loss).backward()
+            scale(self.weights[key] * loss).backward()
             parts[f"{key}_loss"] = loss.detach()
         roots = [(t, s.grad) for t, s in ((image_full, image), (text_full, text)) if s.grad is not None]
         if roots:
