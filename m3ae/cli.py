@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("m3ae.inference_cli", "answer a question about an image (PNG, JPEG, DICOM) with a VQA model"),
     "serve": ("m3ae.serve.cli", "a local web page and JSON API for a VQA model, with answer heat maps"),
     "demo": ("m3ae.demo", "the whole pipeline on the bundled VQA-RAD data, on CPU, in minutes"),
+    "ablate": ("m3ae.ablate", "the paper's ablations as one grid: pre-train + fine-tune each cell and seed, then "
+                              "tabulate and plot"),
     "push": ("m3ae.hub_cli", "upload a model folder to the Hugging Face Hub (huggingface_hub)"),
     "export": ("m3ae.export_cli", "export a model folder to ONNX (VQA logits and encoder features)"),
     "embed": ("m3ae.embed", "write image, text and joint embeddings of a data set to Parquet"),
