@@ -451,7 +451,7 @@ def plot_ablation(grid: Grid, summary: dict[str, dict[str, Any]], path: Path) ->
     return _save(fig, path)
 
 
-def write_outputs(out: Path, grid: Grid, seeds: list[int], units: int) -> dict[str, Any]:
+def write_outputs(out: Path, grid: Grid, seeds: list[int], units: int, workers: str = "") -> dict[str, Any]:
     """results.json, results.md and ablation.png from the finished units on disk."""
     from m3ae.hardware import describe
     from m3ae.train.checkpoint import atomic_write_text
@@ -461,7 +461,8 @@ def write_outputs(out: Path, grid: Grid, seeds: list[int], units: int) -> dict[s
     wall = json.loads(wall_file.read_text())["seconds"] if wall_file.is_file() else 0.0
     summary = summarise(grid, results)
     meta = {"grid": grid.name, "seeds": seeds, "units": units, "units_done": len(results),
-            "wall_minutes": round(wall / 60, 2), "machine": describe(),
+            "wall_minutes": round(wall / 60, 2),
+            "machine": describe() + (f"; units ran as {workers}" if workers else ""),
             "scale": dataclasses.asdict(grid.scale), "default": grid.default}
     doc = {**meta, "cells": [dataclasses.asdict(c) for c in grid.cells], "runs": results, "summary": summary}
     atomic_write_text(out / "results.json", json.dumps(doc, indent=2) + "\n")
@@ -597,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
         Runner(grid, units, inputs, out, jobs, threads, args.max_minutes).run()
     finally:
         add_wall_time(out, time.perf_counter() - start)
-    doc = write_outputs(out, grid, seeds, len(units))
+    doc = write_outputs(out, grid, seeds, len(units), workers=f"{jobs} job(s) x {threads} torch thread(s)")
     print(results_markdown(grid, doc["summary"], doc))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'ablation.png'}" if doc["summary"] else ""))
     left = len(units) - doc["units_done"]
