@@ -5,6 +5,7 @@ the report test feeds fixed JSON lines to the table writer. Nothing here needs t
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -85,9 +86,9 @@ def test_cost_growth_table_formats_the_json_lines(tmp_path):
     assert [json.loads(line) for line in raw] == rows
 
 
-def test_cost_growth_commands_pass_the_grid_point(tmp_path):
+def test_cost_growth_commands_pass_the_grid_point():
     growth = _cost_growth()
-    args = growth.main.__globals__["argparse"].Namespace(
+    args = argparse.Namespace(
         size="m3ae-tiny", steps=1, warmup=0, precision="fp32", threads=2, orig_python="/venv/bin/python",
         orig_src="/src")
     ours = growth.bench_command("ours", "vqa", 64, 16, args)
