@@ -6,7 +6,7 @@ STAMP := $(VENV)/.m3ae-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench orig-setup bench-original clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,26 @@ demo:
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_data.py
 	$(VENV)/bin/python benchmarks/bench_train.py
+
+# The original M3AE code side by side (docs/benchmarks.md, "Side by side with the original"): its own
+# venv (torch + transformers 4.x; it cannot import our transformers 5), its source from a git mirror.
+ORIG_VENV ?= ../orig-venv
+ORIG_SRC ?= /tmp/m3ae-orig
+ORIG_GIT ?= ../.mirror/zhjohnchan+M3AE/repo
+ORIG_BENCH_ARGS ?= --precision fp32 --threads 2 --steps 3
+
+orig-setup:
+	test -x $(ORIG_VENV)/bin/python || $(PYTHON) -m venv $(ORIG_VENV)
+	$(ORIG_VENV)/bin/python -c "import torch, transformers, einops, tqdm" 2>/dev/null || \
+	  $(ORIG_VENV)/bin/python -m pip install --quiet torch==2.13.0 transformers==4.57.6 einops tqdm numpy
+	test -f $(ORIG_SRC)/m3ae/modules/m3ae_module.py || \
+	  { mkdir -p $(ORIG_SRC) && git --git-dir=$(ORIG_GIT) archive HEAD | tar -x -C $(ORIG_SRC); }
+
+# Each job in a fresh process; one JSON line each (the fields of `m3ae bench --json`).
+bench-original: orig-setup
+	for job in infer vqa pretrain; do \
+	  $(ORIG_VENV)/bin/python benchmarks/bench_original.py --orig-src $(ORIG_SRC) --job $$job $(ORIG_BENCH_ARGS) --json; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,9 +12,12 @@ Examples:
     m3ae bench --job infer --precision int8 --json
     m3ae bench --job pretrain --memory low --threads 2 --steps 3
     m3ae bench --job vqa --size m3ae-tiny --image-size 32 --text-len 16 --steps 2 --warmup 1
+    m3ae bench --job vqa --precision fp32 --steps 1 --profile 1 --profile-out profile_vqa.md
 
 Timings are medians of the timed steps after the warm-up steps; on a machine that other jobs
 share, they measure the others too (the output gives the load average, and CPU seconds per step).
+``--profile N`` runs N more steps under torch.profiler after the timed ones and prints the top
+ops by self CPU time (a Markdown table).
 """
 from __future__ import annotations
 
@@ -69,6 +72,9 @@ class BenchSpec:
     """Activation checkpointing alone (what memory low adds first); for benchmarks/bench_train.py."""
     device: str = "cpu"
     """cpu or cuda."""
+    profile: int = 0
+    """Extra steps run under torch.profiler after the timed ones (0 = none); the result gets the
+    top ops by self CPU time as ``profile_ops`` (`profile_steps`)."""
 
 
 def check_spec(spec: BenchSpec) -> None:
@@ -95,8 +101,8 @@ def check_spec(spec: BenchSpec) -> None:
         value = getattr(spec, name)
         if value is not None and value < 1:
             raise M3AEError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-    if spec.warmup < 0 or spec.threads < 0:
-        raise M3AEError("--warmup and --threads must be >= 0")
+    if spec.warmup < 0 or spec.threads < 0 or spec.profile < 0:
+        raise M3AEError("--warmup, --threads and --profile must be >= 0")
     if spec.text_len is not None and spec.text_len < 3:
         raise M3AEError(f"--text-len must be at least 3 (<s>, a token, </s>), got {spec.text_len}")
 
@@ -250,7 +256,51 @@ def run_here(spec: BenchSpec) -> dict:
     }
     if device.type == "cuda":
         result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if spec.profile:  # after the timed steps and the peak RSS: the profiler's own records do not count
+        result["profile_ops"] = profile_steps(step, spec.profile, sync)
     return result
+
+
+# ------------------------------------------------------------------------------------ profiles
+PROFILE_TOP = 20
+
+
+def profile_steps(step, n: int, sync=lambda: None, top: int = PROFILE_TOP) -> list[dict]:
+    """Run ``step`` ``n`` times under torch.profiler (CPU activity) and return the ``top`` ops by
+    self CPU time: name, self CPU ms per step, share of all ops' self CPU time (%), calls per step.
+
+    Self time is an op's own time without the ops it calls, so the shares add up to at most 100%
+    and the table says where the CPU actually went (``aten::addmm`` = Linear layers, ...).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+        sync()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total_us = sum(e.self_cpu_time_total for e in events) or 1.0
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / n,
+             "share_pct": 100.0 * e.self_cpu_time_total / total_us, "calls_per_step": e.count / n}
+            for e in events[:top]]
+
+
+def profile_markdown(rows: list[dict], title: str = "") -> str:
+    """The rows of `profile_steps` as a Markdown table (``title`` as a heading line, when given)."""
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| # | op | self CPU ms / step | share % | calls / step |", "|---:|---|---:|---:|---:|"]
+    for i, r in enumerate(rows, 1):
+        lines.append(f"| {i} | `{r['op']}` | {r['self_cpu_ms_per_step']:.2f} | {r['share_pct']:.1f} | "
+                     f"{r['calls_per_step']:g} |")
+    return "\n".join(lines)
+
+
+def profile_title(r: dict) -> str:
+    """One line naming what a profile measured (job, size, shapes, precision, threads)."""
+    return (f"{r['job']} {r['size']}, batch {r['batch']}, {r['image_size']} px, {r['text_len']} tokens, "
+            f"{r['precision']}, {r['threads']} thread(s): top {len(r['profile_ops'])} ops by self CPU time, "
+            f"{r['profile']} profiled step(s), load avg {r['load_avg']}")
 
 
 def run_job(spec: BenchSpec) -> dict:
@@ -305,6 +355,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the transformer blocks (inductor, needs gcc/clang)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timed steps, run N more under torch.profiler and print the top "
+                             f"{PROFILE_TOP} ops by self CPU time as a Markdown table (default 0 = no profile)")
+    parser.add_argument("--profile-out", metavar="FILE",
+                        help="with --profile: also write the Markdown table to FILE")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON line (sec_per_step, samples_per_s, peak_rss_gib, precision, threads, "
                              "cpu_bf16, load_avg, shapes, ...) instead of a readable line")
@@ -321,8 +376,18 @@ def run(args: argparse.Namespace) -> int:
     from m3ae.guards import check_device
 
     check_device(args.device, "--device")
+    if getattr(args, "profile_out", None) and not args.profile:
+        raise M3AEError("--profile-out needs --profile N (the number of profiled steps)")
     result = run_job(spec_from_args(args))
     print(json.dumps(result) if args.json else format_result(result), flush=True)
+    if result.get("profile_ops"):
+        table = profile_markdown(result["profile_ops"], profile_title(result))
+        if not args.json:  # --json keeps stdout one JSON line (the rows are in it)
+            print(table, flush=True)
+        if args.profile_out:
+            from pathlib import Path
+
+            Path(args.profile_out).write_text(table + "\n")
     return 0
 
 
