@@ -113,7 +113,7 @@ def embed_batch(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
     """Image [B, D], text [B, D] and joint [B, 2D] features; each tower runs once."""
     image = model.embed_image(batch["pixel_values"])  # ImageEmbeds [B, 1+L_i, D]
     text = model.embed_text(batch["input_ids"], batch["attention_mask"])  # [B, L_t, D]
-    from m3ae.train.tasks import fuse
+    from m3ae.tasks.base import fuse
 
     joint = fuse(model, text, batch["attention_mask"], image).cls_feats
     return {"image_embedding": model.project_dual(image.embeds[:, 0], "image"),

@@ -52,13 +52,18 @@ class EncoderGraph(nn.Module):
         return self.model.encode(pixel_values, input_ids, attention_mask).cls_feats
 
 
+GRAPH_MODULES = {"vqa": (VQAGraph, "vqa"), "encoder": (EncoderGraph, None)}
+"""graph -> (the wrapper module, the head it needs or None)."""
+
+
 def graph_module(model: nn.Module, graph: str) -> nn.Module:
     """The wrapper module for ``graph`` ("vqa" or "encoder"), in eval mode."""
     if graph not in GRAPHS:
         raise M3AEError(f"unknown graph {graph!r}; choose among {list(GRAPHS)}")
-    if graph == "vqa" and "vqa" not in model.heads:
-        raise M3AEError("the model has no vqa head: export the encoder only (--graphs encoder)")
-    return (VQAGraph if graph == "vqa" else EncoderGraph)(model).eval()
+    wrapper, head = GRAPH_MODULES[graph]
+    if head is not None and head not in model.heads:
+        raise M3AEError(f"the model has no {head} head: export the encoder only (--graphs encoder)")
+    return wrapper(model).eval()
 
 
 def example_inputs(model: nn.Module, batch: int, text_len: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -157,7 +162,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, graphs: tuple[str, .
     model = M3AE.from_pretrained(folder).eval()
     pre = read_preprocessing(folder)
     text_len = text_len or pre.max_text_len
-    graphs = graphs or tuple(g for g in GRAPHS if g != "vqa" or "vqa" in model.heads)
+    graphs = graphs or tuple(g for g in GRAPHS if GRAPH_MODULES[g][1] in (None, *model.heads))
     out_dir = Path(out_dir)
     size = model.config.vision.image_size
     width = {"vqa": model.config.num_answers, "encoder": 2 * model.config.width}

@@ -6,12 +6,16 @@ AMX it is faster. So precision is chosen from the hardware (`precision: auto`), 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from m3ae.errors import M3AEError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """Autocast precisions, accepted by every command: auto = bf16 where native, fp16 on CUDA without
@@ -108,3 +112,19 @@ def describe() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{usable_cores()} usable core(s), {torch.get_num_threads()} torch thread(s), "
             f"CPU native bf16: {'yes' if cpu_bf16() else 'no'}, load average {load:.2f}")
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for bf16/fp16 (``auto`` resolved for this device); fp16 needs CUDA (and a GradScaler)."""
+    precision = resolve_precision(precision, device).name
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise M3AEError("train.precision fp16 needs a CUDA device; use auto on CPU (bf16 where native)")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Moves the tensors of a batch to ``device``."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -128,7 +128,7 @@ class VQAPipeline:
         self.tokenizer = tokenizer
         self.answers = list(answers)
         # the training task computes the logits, so a question-only model ignores the image here too
-        from m3ae.train.tasks import VQATask
+        from m3ae.tasks.vqa import VQATask
 
         self.task = VQATask(image_input=image_input)
         self.preprocessing = preprocessing

@@ -142,6 +142,49 @@ def _front_matter(info: dict[str, Any]) -> list[str]:
     return ["---", *text.split("\n"), "---", ""]
 
 
+def _usage(task: str | None) -> list[str]:
+    """The "How to use" lines the task declares (``card_usage``), none for an unknown task."""
+    if not task:
+        return []
+    from m3ae.tasks import TASKS
+
+    return list(TASKS[task].card_usage) if task in TASKS else []
+
+
+def _data_section(info: dict[str, Any]) -> list[str]:
+    """"## Data": the dataset (a table when a dict) and the protocol's meaning."""
+    lines: list[str] = []
+    data = info.get("data")
+    protocol = info.get("protocol") or (data.get("protocol") if isinstance(data, dict) else None)
+    lines += ["## Data", ""]
+    if isinstance(data, dict):
+        lines += _table(data) + [""]
+    elif data:
+        lines += [str(data), ""]
+    else:
+        lines += ["Not recorded.", ""]
+    if protocol:
+        lines += [f"Protocol: **{protocol}**" + (
+            " (model selection on a validation split held out from train; the test split is used once)."
+            if protocol == "clean" else
+            " (reproduces the original; for VQA-RAD its validation split is a copy of test)."
+            if protocol == "paper" else "."), ""]
+    return lines
+
+
+def _closing_sections(info: dict[str, Any]) -> list[str]:
+    """Details (unknown keys), notes, limitations and citation."""
+    lines: list[str] = []
+    extra = {k: v for k, v in info.items() if k not in KNOWN_KEYS}
+    if extra:
+        lines += ["## Details", ""] + _table(extra) + [""]
+    if info.get("notes"):
+        lines += ["## Notes", "", str(info["notes"]), ""]
+    lines += ["## Limitations", "", str(info.get("limitations") or LIMITATIONS), ""]
+    lines += ["## Citation", "", str(info.get("citation") or M3AE_CITATION), ""]
+    return lines
+
+
 def render_model_card(info: dict[str, Any]) -> str:
     """The Markdown text of a model card.
 
@@ -167,22 +210,7 @@ def render_model_card(info: dict[str, Any]) -> str:
 
     lines += ["## Intended use", "", str(info.get("intended_use") or INTENDED_USE), ""]
 
-    data = info.get("data")
-    protocol = info.get("protocol") or (data.get("protocol") if isinstance(data, dict) else None)
-    lines += ["## Data", ""]
-    if isinstance(data, dict):
-        lines += _table(data) + [""]
-    elif data:
-        lines += [str(data), ""]
-    else:
-        lines += ["Not recorded.", ""]
-    if protocol:
-        lines += [f"Protocol: **{protocol}**" + (
-            " (model selection on a validation split held out from train; the test split is used once)."
-            if protocol == "clean" else
-            " (reproduces the original; for VQA-RAD its validation split is a copy of test)."
-            if protocol == "paper" else "."), ""]
-
+    lines += _data_section(info)
     if info.get("base_model"):
         lines += ["## Initialisation", "", str(info["base_model"]), ""]
     lines += _metrics_section(info.get("metrics"), info.get("metrics_split"))
@@ -190,20 +218,11 @@ def render_model_card(info: dict[str, Any]) -> str:
         lines += ["## Training", ""] + _table(info["training"], ("setting", "value")) + [""]
 
     lines += ["## How it was produced", "", "```", str(info.get("command") or current_command()), "```", ""]
-    if task == "vqa":
-        lines += ["## How to use", "", "```python", "from m3ae import VQAPipeline", "",
-                  "pipe = VQAPipeline.from_pretrained(\"path/to/this/folder\")",
-                  "pipe(\"image.png\", \"Is there a fracture?\")",
-                  "# [{'answer': ..., 'probability': ...}, ...] best first",
-                  "```", ""]
+    usage = _usage(task)
+    if usage:
+        lines += ["## How to use", "", *usage, ""]
 
-    extra = {k: v for k, v in info.items() if k not in KNOWN_KEYS}
-    if extra:
-        lines += ["## Details", ""] + _table(extra) + [""]
-    if info.get("notes"):
-        lines += ["## Notes", "", str(info["notes"]), ""]
-    lines += ["## Limitations", "", str(info.get("limitations") or LIMITATIONS), ""]
-    lines += ["## Citation", "", str(info.get("citation") or M3AE_CITATION), ""]
+    lines += _closing_sections(info)
     return "\n".join(lines)
 
 

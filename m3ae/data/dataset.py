@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from m3ae.data.collate import Collator
+from m3ae.data.collate import EXAMPLES, Collator
 from m3ae.data.config import DataConfig
 from m3ae.data.images import ImageTransform, decode_image
 from m3ae.data.storage import ImageStore, read_answers, read_summary, read_table
@@ -23,12 +23,7 @@ from m3ae.data.text import mask_text_tokens, tokenize, tokenizer_info
 from m3ae.errors import DataError, M3AEError
 
 # tasks a prepared folder can serve: caption folders feed both pre-training and retrieval
-COMPATIBLE_TASKS = {
-    "pretrain": {"pretrain", "irtr"},
-    "irtr": {"pretrain", "irtr"},
-    "vqa": {"vqa"},
-    "cls": {"cls"},
-}
+COMPATIBLE_TASKS = {name: set(spec.folders) for name, spec in EXAMPLES.items()}
 NEGATIVE_TRIES = 64  # rejection-sampling attempts before enumerating the allowed candidates
 ITM_POSITIVE_RATE = 0.5
 
@@ -86,7 +81,8 @@ class M3AEDataset(Dataset):
     Args:
         data_dir: a folder written by ``m3ae prepare``.
         split: "train", "val" or "test".
-        task: "pretrain", "vqa", "cls" or "irtr" (must fit the folder's task).
+        task: the example kind, "pretrain", "vqa", "cls" or "irtr" (a task's ``examples``; must
+            fit the folder's task).
         cfg: image size, text length, masking and transform options.
         tokenizer: from ``load_tokenizer``.
         train: training transforms (random resized crop when configured).
@@ -115,9 +111,10 @@ class M3AEDataset(Dataset):
         self.tokenizer, self.train, self.seed, self.epoch = tokenizer, train, seed, 0
         self.transform = ImageTransform.from_preprocessing(cfg.preprocessing(),
                                                            cfg.train_transform if train else "clip")
-        self.text_info = tokenizer_info(tokenizer) if task == "pretrain" else None
-        self.num_answers = len(read_answers(self.data_dir)) if task == "vqa" else None
-        self.collate_fn = Collator(task, self.num_answers)
+        spec = EXAMPLES[task]
+        self.text_info = tokenizer_info(tokenizer) if spec.needs_mlm else None
+        self.num_answers = len(read_answers(self.data_dir)) if spec.needs_answers else None
+        self.collate_fn = Collator(spec, self.num_answers)
         self.images = ImageStore(self.data_dir)
         self._length = int(self.summary["splits"][split]["examples"])
         self._columns: dict[str, list] | None = None

@@ -18,6 +18,7 @@ from typing import Any
 
 from m3ae.data.answers import normalize_answer
 from m3ae.data.images import decode_image, preresize_bytes
+from m3ae.data.kinds import MIN_CAPTION_WORDS, FolderKind, folder_kind  # noqa: F401 (MIN_CAPTION_WORDS: old imports)
 from m3ae.data.storage import (
     ANSWERS_FILE,
     LABELS_FILE,
@@ -35,8 +36,6 @@ ON_ERROR = ("fail", "skip")
 ANSWER_TYPES = {"closed": 0, "open": 1}
 QUESTION_IDS_FILE = "question_ids.json"
 """Integer question_id -> the custom data's original string id, when the ids were strings."""
-MIN_CAPTION_WORDS = 3
-"""Upstream keeps ROCO/MedICaT texts of at least 3 words; 2-word texts are filtered (and counted)."""
 OUTSIDE_SET = -1
 """Label of a clean-protocol val/test example whose answer (or class) is not in the train set."""
 
@@ -140,28 +139,32 @@ def parse_answer_type(ex: RawExample, issues: Issues) -> bool:
 
 def validate_examples(splits: dict[str, list[RawExample]], opts: PrepareOptions, issues: Issues) -> None:
     """Drop (or fail on) examples with bad text, answers or answer types; in place."""
-    min_words = MIN_CAPTION_WORDS if opts.task in ("pretrain", "irtr") else 2
-    what = {"vqa": "question", "cls": "text"}.get(opts.task, "caption")
+    kind = folder_kind(opts.task)
     for split, examples in splits.items():
         kept = []
         for ex in examples:
             ex.text = clean_text(ex.text)
-            if not check_text(ex, issues, what, min_words):
+            if not check_text(ex, issues, kind.text, kind.min_words):
                 continue
-            if opts.task == "vqa":
-                if ex.answer is None:
-                    issues.bad(split, "malformed_record", f"{ex.where}: no answer")
-                    continue
-                # The paper protocol of a named benchmark keeps an empty answer: SLAKE train has
-                # one ("Does the picture contain liver?" -> ""), and upstream's 222 answers include
-                # "" as a class. Anywhere else an empty answer is a data error, not a class.
-                if not str(ex.answer).strip() and (opts.protocol != "paper" or opts.dataset == "custom"):
-                    issues.bad(split, "empty_answer", f"{ex.where}: empty answer")
-                    continue
-                if not parse_answer_type(ex, issues):
-                    continue
+            if kind.answers and not check_answer(ex, split, opts, issues):
+                continue
             kept.append(ex)
         splits[split] = kept
+
+
+def check_answer(ex: RawExample, split: str, opts: PrepareOptions, issues: Issues) -> bool:
+    """A VQA example needs an answer (empty only under a named benchmark's paper protocol) and a
+    valid answer type; False (after reporting) when it has not."""
+    if ex.answer is None:
+        issues.bad(split, "malformed_record", f"{ex.where}: no answer")
+        return False
+    # The paper protocol of a named benchmark keeps an empty answer: SLAKE train has
+    # one ("Does the picture contain liver?" -> ""), and upstream's 222 answers include
+    # "" as a class. Anywhere else an empty answer is a data error, not a class.
+    if not str(ex.answer).strip() and (opts.protocol != "paper" or opts.dataset == "custom"):
+        issues.bad(split, "empty_answer", f"{ex.where}: empty answer")
+        return False
+    return parse_answer_type(ex, issues)
 
 
 def count_long_texts(splits: dict[str, list[RawExample]], max_text_len: int) -> dict[str, int]:
@@ -281,31 +284,35 @@ def label_vocabulary(splits: dict[str, list[RawExample]], protocol: str) -> list
     return sorted({ex.label_name for split in order for ex in splits.get(split, [])})
 
 
+def _caption_row(ex: RawExample, index: dict[str, int] | None) -> tuple[dict[str, Any], int | None]:
+    return {"image_id": ex.image_id, "text": ex.text}, None
+
+
+def _vqa_row(ex: RawExample, index: dict[str, int] | None) -> tuple[dict[str, Any], int | None]:
+    answer = normalize_answer(ex.answer) if ex.label is None else str(ex.answer)
+    label = ex.label if ex.label is not None else index.get(answer, OUTSIDE_SET)
+    row = {"question_id": int(ex.question_id), "image_id": ex.image_id, "question": ex.text, "answer": answer,
+           "label": label, "answer_type": int(ex.answer_type)}
+    return row, label
+
+
+def _cls_row(ex: RawExample, index: dict[str, int] | None) -> tuple[dict[str, Any], int | None]:
+    label = ex.label if ex.label is not None else index.get(ex.label_name, OUTSIDE_SET)
+    return {"image_id": ex.image_id, "text": ex.text, "label": label, "label_name": ex.label_name}, label
+
+
+ROWS = {"pretrain": _caption_row, "irtr": _caption_row, "vqa": _vqa_row, "cls": _cls_row}
+"""Folder kind -> (example, answer/label index) -> (split-table row, its label or None)."""
+VOCABULARIES = {"answers": answer_vocabulary, "labels": label_vocabulary}
+VOCAB_FILES = {"answers": ANSWERS_FILE, "labels": LABELS_FILE}
+
+
 def _rows(task: str, examples: list[RawExample], index: dict[str, int] | None) -> tuple[list[dict], int]:
     """Split-table rows; returns also how many examples fall outside the answer/label set."""
     rows, outside = [], 0
     for ex in examples:
-        if task in ("pretrain", "irtr"):
-            rows.append({"image_id": ex.image_id, "text": ex.text})
-            continue
-        if task == "vqa":
-            answer = normalize_answer(ex.answer) if ex.label is None else str(ex.answer)
-            label = ex.label if ex.label is not None else index.get(answer, OUTSIDE_SET)
-            rows.append(
-                {
-                    "question_id": int(ex.question_id),
-                    "image_id": ex.image_id,
-                    "question": ex.text,
-                    "answer": answer,
-                    "label": label,
-                    "answer_type": int(ex.answer_type),
-                }
-            )
-        else:
-            label = ex.label if ex.label is not None else index.get(ex.label_name, OUTSIDE_SET)
-            rows.append(
-                {"image_id": ex.image_id, "text": ex.text, "label": label, "label_name": ex.label_name}
-            )
+        row, label = ROWS[task](ex, index)
+        rows.append(row)
         outside += label == OUTSIDE_SET
     return rows, outside
 
@@ -332,45 +339,57 @@ def write_prepared(
     """
     if opts.protocol not in PROTOCOLS:
         raise M3AEError(f"--protocol must be one of {PROTOCOLS} (got {opts.protocol!r})")
+    kind = folder_kind(opts.task)
     with atomic_output(out, overwrite, protected) as tmp:
         validate_examples(splits, opts, issues)
-        vocab_fn = answer_vocabulary if opts.task == "vqa" else label_vocabulary
-        needs_vocab = vocabulary is None and opts.task in ("vqa", "cls")
-        if needs_vocab and opts.protocol == "paper":
-            # upstream builds the vocabulary before it drops examples whose image is missing
-            vocabulary = vocab_fn(splits, "paper")
-        store_images(tmp, splits, opts, issues)
-        if needs_vocab and opts.protocol == "clean":
-            vocabulary = vocab_fn(splits, "clean")  # from the train examples that survived every check
-        index = {name: i for i, name in enumerate(vocabulary)} if vocabulary is not None else None
+        vocabulary = _store_images_and_vocabulary(tmp, splits, opts, issues, kind, vocabulary)
         summary = _summary(opts, issues, vocabulary)
-        long_texts = count_long_texts(splits, opts.max_text_len)
-        summary["max_text_len_checked"] = opts.max_text_len
-        for split in SPLITS:
-            examples = splits.get(split, [])
-            rows, outside = _rows(opts.task, examples, index)
-            write_examples(tmp / f"{split}.arrow", opts.task, rows)
-            info = {
-                "examples": len(rows),
-                "images": len({ex.image_id for ex in examples}),
-                "skipped": dict(issues.skipped.get(split, {})),
-                "filtered": dict(issues.filtered.get(split, {})),
-                "over_max_text_len": long_texts.get(split, 0),
-            }
-            if opts.task in ("vqa", "cls"):
-                info["outside_set"] = outside
-            summary["splits"][split] = info
+        _write_splits(tmp, splits, opts, issues, kind, vocabulary, summary)
         summary["val_is_test"] = _same_examples(splits.get("val", []), splits.get("test", []))
         keys = {ex.question_id: ex.question_key for exs in splits.values() for ex in exs if ex.question_key}
         if keys:  # the user's string ids, so that predictions can be matched back to their records
             write_json(tmp / QUESTION_IDS_FILE, {str(k): v for k, v in sorted(keys.items())})
             summary["question_ids"] = QUESTION_IDS_FILE
-        if opts.task == "vqa":
-            write_json(tmp / ANSWERS_FILE, vocabulary)
-        elif opts.task == "cls":
-            write_json(tmp / LABELS_FILE, vocabulary)
+        if kind.vocabulary is not None:
+            write_json(tmp / VOCAB_FILES[kind.vocabulary], vocabulary)
         write_json(tmp / SUMMARY_FILE, summary)
     return summary
+
+
+def _store_images_and_vocabulary(tmp: Path, splits: dict[str, list[RawExample]], opts: PrepareOptions,
+                                 issues: Issues, kind: FolderKind, vocabulary: list[str] | None) -> list[str] | None:
+    """Store the images; returns the answer/label set (``vocabulary`` when given, else by protocol)."""
+    needs_vocab = vocabulary is None and kind.vocabulary is not None
+    vocab_fn = VOCABULARIES.get(kind.vocabulary, label_vocabulary)
+    if needs_vocab and opts.protocol == "paper":
+        # upstream builds the vocabulary before it drops examples whose image is missing
+        vocabulary = vocab_fn(splits, "paper")
+    store_images(tmp, splits, opts, issues)
+    if needs_vocab and opts.protocol == "clean":
+        vocabulary = vocab_fn(splits, "clean")  # from the train examples that survived every check
+    return vocabulary
+
+
+def _write_splits(tmp: Path, splits: dict[str, list[RawExample]], opts: PrepareOptions, issues: Issues,
+                  kind: FolderKind, vocabulary: list[str] | None, summary: dict[str, Any]) -> None:
+    """One table per split, and its counts into ``summary["splits"]``."""
+    index = {name: i for i, name in enumerate(vocabulary)} if vocabulary is not None else None
+    long_texts = count_long_texts(splits, opts.max_text_len)
+    summary["max_text_len_checked"] = opts.max_text_len
+    for split in SPLITS:
+        examples = splits.get(split, [])
+        rows, outside = _rows(opts.task, examples, index)
+        write_examples(tmp / f"{split}.arrow", opts.task, rows)
+        info = {
+            "examples": len(rows),
+            "images": len({ex.image_id for ex in examples}),
+            "skipped": dict(issues.skipped.get(split, {})),
+            "filtered": dict(issues.filtered.get(split, {})),
+            "over_max_text_len": long_texts.get(split, 0),
+        }
+        if kind.vocabulary is not None:
+            info["outside_set"] = outside
+        summary["splits"][split] = info
 
 
 def _same_examples(a: list[RawExample], b: list[RawExample]) -> bool:
@@ -394,9 +413,8 @@ def _summary(opts: PrepareOptions, issues: Issues, vocabulary: list[str] | None)
         "m3ae_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if opts.task == "vqa":
-        summary["num_answers"] = len(vocabulary)
-    elif opts.task == "cls":
-        summary["num_classes"] = len(vocabulary)
+    count_key = folder_kind(opts.task).count_key
+    if count_key is not None:
+        summary[count_key] = len(vocabulary)
     summary.update(opts.extra_summary)
     return summary

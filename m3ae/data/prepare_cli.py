@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from m3ae.data import sources
+from m3ae.data.kinds import folder_kind
 from m3ae.data.prepare import ON_ERROR, PROTOCOLS, Issues, PrepareOptions, check_duplicates, write_prepared
 from m3ae.data.specs import DATASETS, get_spec
 from m3ae.errors import M3AEError
@@ -75,24 +76,12 @@ def prepare_dataset(
         max_text_len = spec.max_text_len if max_text_len is None else max_text_len
         _check_options(image_size, max_text_len, image_format)
         issues = Issues(on_error)
-        vocabulary, extra = None, {}
-        task_name = spec.task
-        if from_arrow:
-            if dataset == "custom" or protocol != "paper":
-                raise M3AEError(
-                    "--from-arrow reads the original (paper protocol) arrows of a named dataset; "
-                    "use --protocol paper and a dataset other than custom"
-                )
-            splits, vocabulary = sources.read_upstream_arrows(src, dataset, spec.task, issues, label_column)
-            extra["from_arrow"] = True
-        elif spec.reader is None:  # custom files: the columns say which task
-            task_name, splits = sources.read_custom(src, protocol, seed, issues, task, allow_outside_src)
-        else:
-            values = {"label_column": label_column, "references": references, "eval_size": eval_size}
-            options, extra = _reader_options(spec, src, values)
-            splits = spec.reader(src, protocol, seed, issues, **options)
-        if task_name == "vqa" and not from_arrow:
-            check_duplicates(splits, "question_id", issues)
+        values = {"label_column": label_column, "references": references, "eval_size": eval_size,
+                  "task": task, "allow_outside_src": allow_outside_src}
+        task_name, splits, vocabulary, extra = _read_splits(spec, src, protocol, seed, issues, from_arrow, values)
+        unique = folder_kind(task_name).unique
+        if unique is not None and not from_arrow:
+            check_duplicates(splits, unique, issues)
         opts = PrepareOptions(dataset, task_name, protocol, on_error, image_size, image_format, seed, extra,
                               max_text_len)
         summary = write_prepared(out, splits, opts, issues, overwrite, vocabulary, protected)
@@ -102,6 +91,26 @@ def prepare_dataset(
                 print(f"m3ae prepare: note: {got} answers/classes; the original config expects "
                       f"{spec.paper_num_answers}")
         return summary
+
+
+def _read_splits(spec: Any, src: Path, protocol: str, seed: int, issues: Issues, from_arrow: bool,
+                 values: dict[str, Any]) -> tuple[str, dict, list[str] | None, dict[str, Any]]:
+    """The raw examples of every split from the dataset's reader (or the upstream arrows, or custom
+    files). Returns (folder kind, splits, fixed vocabulary or None, what summary.json records)."""
+    if from_arrow:
+        if spec.name == "custom" or protocol != "paper":
+            raise M3AEError(
+                "--from-arrow reads the original (paper protocol) arrows of a named dataset; "
+                "use --protocol paper and a dataset other than custom"
+            )
+        splits, vocabulary = sources.read_upstream_arrows(src, spec.name, spec.task, issues, values["label_column"])
+        return spec.task, splits, vocabulary, {"from_arrow": True}
+    if spec.reader is None:  # custom files: the columns say which task
+        task_name, splits = sources.read_custom(src, protocol, seed, issues, values["task"],
+                                                values["allow_outside_src"])
+        return task_name, splits, None, {}
+    options, extra = _reader_options(spec, src, values)
+    return spec.task, spec.reader(src, protocol, seed, issues, **options), None, extra
 
 
 def _check_options(image_size: int | None, max_text_len: int, image_format: str) -> None:

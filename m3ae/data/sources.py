@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from m3ae.data.kinds import CAPTION_KINDS
 from m3ae.data.prepare import SPLITS, Issues, RawExample, clean_text
 from m3ae.errors import DataError
 from m3ae.guards import is_inside
@@ -441,7 +442,7 @@ def custom_task(columns: set[str], task: str | None) -> str:
     if {"text", "label"} <= columns:
         return "cls"
     if "caption" in columns:
-        return task if task in ("pretrain", "irtr") else "pretrain"
+        return task if task in CAPTION_KINDS else "pretrain"
     raise DataError(
         f"custom data needs columns image + caption, image + question + answer, or image + text + label; "
         f"found {sorted(columns)}"
@@ -488,6 +489,24 @@ def _question_id(raw: Any, n: int) -> int | str:
         return text
 
 
+def _custom_vqa(ex: RawExample, rec: dict[str, Any], n: int) -> None:
+    ex.text, ex.answer = rec["question"], rec["answer"]
+    ex.answer_type = rec.get("answer_type") or "OPEN"
+    ex.question_id = _question_id(rec.get("question_id"), n)
+
+
+def _custom_cls(ex: RawExample, rec: dict[str, Any], n: int) -> None:
+    ex.text, ex.label_name = rec["text"], str(rec["label"]).strip()
+
+
+def _custom_caption(ex: RawExample, rec: dict[str, Any], n: int) -> None:
+    ex.text = rec["caption"]
+
+
+CUSTOM_FIELDS = {"vqa": _custom_vqa, "cls": _custom_cls}
+"""Folder kind -> fills a custom record's fields into its RawExample (captions otherwise)."""
+
+
 def read_custom(
     src: Path, protocol: str, seed: int, issues: Issues, task: str | None = None, allow_outside_src: bool = False
 ) -> tuple[str, dict[str, list[RawExample]]]:
@@ -525,14 +544,7 @@ def read_custom(
             ex = RawExample(
                 split=split, image_id=str(rec["image"]).strip(), where=where, image_path=image_path
             )
-            if kind == "vqa":
-                ex.text, ex.answer = rec["question"], rec["answer"]
-                ex.answer_type = rec.get("answer_type") or "OPEN"
-                ex.question_id = _question_id(rec.get("question_id"), n)
-            elif kind == "cls":
-                ex.text, ex.label_name = rec["text"], str(rec["label"]).strip()
-            else:
-                ex.text = rec["caption"]
+            CUSTOM_FIELDS.get(kind, _custom_caption)(ex, rec, n)
             splits[split].append(ex)
     if detected is None:
         raise DataError(f"{src}: no records")
@@ -573,6 +585,54 @@ class _ArrowImage:
         return self.column[self.row].as_py()
 
 
+def _arrow_vqa(row: dict[str, Any], base: dict[str, Any], issues: Issues, label_column: str,
+               seen: dict[int, str]) -> list[RawExample]:
+    """A VQA arrow row (one image, its questions); ``seen``: label -> answer, filled in."""
+    out = []
+    for q, question in enumerate(row["questions"]):
+        labels, names = row["answer_labels"][q], row["answers"][q]
+        if len(labels) != 1:
+            issues.bad(base["split"], "malformed_record", f"{base['where']}: question {q} has {len(labels)} answers")
+            continue
+        seen[labels[0]] = names[0]
+        out.append(RawExample(**base, text=question, answer=names[0], label=labels[0],
+                              answer_type=int(row["answer_type"][q]), question_id=int(row["question_id"][q])))
+    return out
+
+
+def _arrow_cls(row: dict[str, Any], base: dict[str, Any], issues: Issues, label_column: str,
+               seen: dict[int, str]) -> list[RawExample]:
+    """A MELINDA arrow row: label indices only, so the class names are "0", "1", ..."""
+    out = []
+    for c, caption in enumerate(row["caption"]):
+        label = int(row[label_column][c])
+        seen[label] = str(label)
+        out.append(RawExample(**base, text=caption, label=label, label_name=str(label)))
+    return out
+
+
+def _arrow_captions(row: dict[str, Any], base: dict[str, Any], issues: Issues, label_column: str,
+                    seen: dict[int, str]) -> list[RawExample]:
+    return [RawExample(**base, text=caption) for caption in row["caption"]]
+
+
+def _vqa_vocabulary(src: Path, seen: dict[int, str]) -> list[str]:
+    """The answer list rebuilt from the stored (label, answer) pairs; every label must appear."""
+    size = max(seen) + 1 if seen else 0
+    missing = [i for i in range(size) if i not in seen]
+    if missing:
+        raise DataError(f"{src}: answer labels {missing[:5]} appear in no arrow row; cannot rebuild the answer list")
+    return [seen[i] for i in range(size)]
+
+
+def _cls_vocabulary(src: Path, seen: dict[int, str]) -> list[str]:
+    return [str(i) for i in range(max(seen) + 1 if seen else 0)]
+
+
+ARROW_READERS = {"vqa": (_arrow_vqa, _vqa_vocabulary), "cls": (_arrow_cls, _cls_vocabulary)}
+"""Folder kind -> (row reader, vocabulary builder); caption folders otherwise (no vocabulary)."""
+
+
 def read_upstream_arrows(
     src: Path, dataset: str, task: str, issues: Issues, label_column: str = "p_meth_label"
 ) -> tuple[dict[str, list[RawExample]], list[str] | None]:
@@ -581,56 +641,15 @@ def read_upstream_arrows(
     Returns (splits, vocabulary). For VQA the answer list is rebuilt from the stored
     (label, answer) pairs; MELINDA arrows hold only label indices, so class names are "0", "1", ...
     """
+    read_row, vocabulary = ARROW_READERS.get(task, (_arrow_captions, None))
     splits: dict[str, list[RawExample]] = {s: [] for s in SPLITS}
-    answers: dict[int, str] = {}
-    num_labels = 0
+    seen: dict[int, str] = {}  # label -> answer or class name
     for split in SPLITS:
         path, table = _upstream_arrow(src, dataset, split)
         images = table.column("image")  # memory-mapped: bytes are read one image at a time, on use
         text_columns = table.drop_columns(["image"])
         for r, row in enumerate(text_columns.to_pylist()):
-            where = f"{path} row {r}"
-            base = {
-                "split": split,
-                "image_id": str(row["image_id"]),
-                "where": where,
-                "image_bytes": _ArrowImage(images, r),
-            }
-            if task == "vqa":
-                for q, question in enumerate(row["questions"]):
-                    labels, names = row["answer_labels"][q], row["answers"][q]
-                    if len(labels) != 1:
-                        issues.bad(
-                            split, "malformed_record", f"{where}: question {q} has {len(labels)} answers"
-                        )
-                        continue
-                    answers[labels[0]] = names[0]
-                    splits[split].append(
-                        RawExample(
-                            **base,
-                            text=question,
-                            answer=names[0],
-                            label=labels[0],
-                            answer_type=int(row["answer_type"][q]),
-                            question_id=int(row["question_id"][q]),
-                        )
-                    )
-            elif task == "cls":
-                for c, caption in enumerate(row["caption"]):
-                    label = int(row[label_column][c])
-                    num_labels = max(num_labels, label + 1)
-                    splits[split].append(RawExample(**base, text=caption, label=label, label_name=str(label)))
-            else:
-                for caption in row["caption"]:
-                    splits[split].append(RawExample(**base, text=caption))
-    if task == "vqa":
-        size = max(answers) + 1 if answers else 0
-        missing = [i for i in range(size) if i not in answers]
-        if missing:
-            raise DataError(
-                f"{src}: answer labels {missing[:5]} appear in no arrow row; cannot rebuild the answer list"
-            )
-        return splits, [answers[i] for i in range(size)]
-    if task == "cls":
-        return splits, [str(i) for i in range(num_labels)]
-    return splits, None
+            base = {"split": split, "image_id": str(row["image_id"]), "where": f"{path} row {r}",
+                    "image_bytes": _ArrowImage(images, r)}
+            splits[split].extend(read_row(row, base, issues, label_column, seen))
+    return splits, (vocabulary(src, seen) if vocabulary is not None else None)

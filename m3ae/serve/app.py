@@ -142,13 +142,21 @@ def create_app(pipe: Any, model_dir: str | Path | None = None, limits: ServeLimi
         model_dir: its folder, to read the model card from (optional).
         limits: request limits.
     """
-    from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
-    from starlette.exceptions import HTTPException
+    from fastapi import FastAPI
 
     info = model_info(pipe, Path(model_dir) if model_dir else None)
     app = FastAPI(title="m3ae serve", version="1", docs_url="/api/docs", redoc_url=None)
+    _add_error_handlers(app, limits)
+    _add_routes(app, pipe, info, limits)
+    return app
+
+
+def _add_error_handlers(app: Any, limits: ServeLimits) -> None:
+    """The upload-size middleware and the JSON error replies (400 user error, 413, 422, 500)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -177,6 +185,12 @@ def create_app(pipe: Any, model_dir: str | Path | None = None, limits: ServeLimi
     async def internal_error(request: Request, err: Exception):
         LOG.exception("internal error on %s", request.url.path)  # the traceback stays in the server log
         return error(500, "internal error (see the server log)")
+
+
+def _add_routes(app: Any, pipe: Any, info: Any, limits: ServeLimits) -> None:
+    """The page, /api/health, /api/model, /api/predict and /api/predict_batch."""
+    from fastapi import File, Form, UploadFile
+    from fastapi.responses import FileResponse
 
     def read_image(upload: Any) -> Any:
         if upload is None or not hasattr(upload, "read"):
@@ -218,5 +232,3 @@ def create_app(pipe: Any, model_dir: str | Path | None = None, limits: ServeLimi
         decoded = [read_image(im) for im in images]
         results = pipe.predict_batch(decoded, questions, top_k=top_k)
         return {"results": [{"question": q, "answers": a} for q, a in zip(questions, results)]}
-
-    return app

@@ -136,7 +136,9 @@ class TaskArgs:
             raise M3AEError(f"task.image_input must be pixels or none (got {self.image_input!r})")
         if self.loss not in ("paper", "ce"):
             raise M3AEError(f"task.loss must be paper or ce (got {self.loss!r})")
-        if self.itc_weight < 0 or (self.itc_weight and self.name != "irtr"):
+        from m3ae.tasks import get_task
+
+        if self.itc_weight < 0 or (self.itc_weight and "itc_weight" not in get_task(self.name).options):
             raise M3AEError(f"task.itc_weight must be >= 0 and applies to irtr only (got {self.itc_weight} "
                             f"for {self.name!r})")
 

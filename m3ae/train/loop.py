@@ -6,7 +6,6 @@ validation/model selection and crash-safe checkpoints.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
@@ -19,8 +18,8 @@ import torch
 from torch import nn
 
 from m3ae.errors import M3AEError
-from m3ae.hardware import resolve_precision
-from m3ae.train import distributed as D
+from m3ae.hardware import autocast_context, resolve_precision, to_device  # noqa: F401 (re-exported)
+from m3ae import distributed as D
 from m3ae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from m3ae.train.config import EvalArgs, OptimArgs, TrainArgs
 from m3ae.train.memory import OptimizerInBackward, enable_low_memory, optimizer_in_backward_blockers
@@ -95,17 +94,6 @@ def grad_accum_steps(batch_size: int, per_device_batch_size: int, world_size: in
     return batch_size // per_step
 
 
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for bf16/fp16 (``auto`` resolved for this device); fp16 needs CUDA (and a GradScaler)."""
-    precision = resolve_precision(precision, device).name
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise M3AEError("train.precision fp16 needs a CUDA device; use auto on CPU (bf16 where native)")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def micro_seed(seed: int, step: int, micro: int) -> int:
     """A seed per (run seed, step, global micro-batch index) for dropout and any in-model randomness.
 
@@ -114,11 +102,6 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
     """
     digest = hashlib.sha256(f"{seed}:{step}:{micro}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Moves the tensors of a batch to ``device``."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 @dataclass

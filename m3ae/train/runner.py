@@ -20,14 +20,14 @@ from m3ae.errors import M3AEError
 from m3ae.hardware import resolve_precision
 from m3ae.metrics import mean_sd
 from m3ae.quantize import autocast_name
-from m3ae.train import distributed as D
-from m3ae.train import evaluation as E
+from m3ae import distributed as D
 from m3ae.train.checkpoint import atomic_write_text
 from m3ae.train.config import RunConfig, apply_overrides, config_from_dict, load_config, save_config
 from m3ae.train.loop import Loaders, fit, resolve_device
-from m3ae.train.tasks import BaseTask, make_task
+from m3ae.tasks import TASKS, BaseTask, get_task, make_task
 
-HEADS = {"pretrain": ["mlm", "mim", "itm"], "vqa": ["vqa"], "cls": ["cls"], "irtr": ["irtr"]}
+HEADS = {name: list(task.heads) for name, task in TASKS.items()}
+"""The heads training builds for each task (each task's ``heads``)."""
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
 
 
@@ -68,7 +68,7 @@ def _model_config(cfg: RunConfig) -> Any:
 
     base = ModelConfig.from_name(cfg.model.name)
     d = base.to_dict()
-    if "mim" in HEADS[cfg.task.name]:  # the saved config records how its MIM head was trained
+    if "mim" in get_task(cfg.task.name).heads:  # the saved config records how its MIM head was trained
         d.update(mask_ratio_image=cfg.task.mask_ratio, norm_pix_loss=cfg.task.norm_pix_loss)
     for key, value in (cfg.model.config or {}).items():
         node = d
@@ -87,12 +87,12 @@ def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
     """Builds the model for the recipe's task and loads its initial weights."""
     from m3ae.weights.factory import create_model
 
-    task = cfg.task.name
+    task = get_task(cfg.task.name)
+    sizes = task.head_sizes(summary)
     model = create_model(
         _model_config(cfg), pretrained=cfg.model.pretrained, vision_weights=cfg.model.vision_weights,
-        text_weights=cfg.model.text_weights, heads=HEADS[task] + (["itc"] if cfg.task.itc_weight else []),
-        num_answers=summary.get("num_answers") if task == "vqa" else None,
-        num_classes=summary.get("num_classes") if task == "cls" else None,
+        text_weights=cfg.model.text_weights, heads=list(task.heads) + (["itc"] if cfg.task.itc_weight else []),
+        num_answers=sizes.get("num_answers"), num_classes=sizes.get("num_classes"),
         image_size=cfg.data.image_size,
     )
     if model.config.vision.patch_size != cfg.data.patch_size:
@@ -116,15 +116,14 @@ def _summary(data_dir: str | Path | list, task: str) -> dict[str, Any]:
     """The folder's summary.json, checked against the task; several folders (pre-training on
     ROCO + MedICaT) give one summary whose split sizes are the sums."""
     from m3ae.data import read_summary
-    from m3ae.data.dataset import COMPATIBLE_TASKS
 
     dirs = list(data_dir) if isinstance(data_dir, (list, tuple)) else [data_dir]
-    if len(dirs) > 1 and task != "pretrain":
+    if len(dirs) > 1 and not get_task(task).several_folders:
         raise M3AEError(f"several data folders are concatenated for pre-training only, not for {task!r}")
     summaries = [read_summary(d) for d in dirs]
     for d, summary in zip(dirs, summaries):
         data_task = summary.get("task")
-        if data_task not in COMPATIBLE_TASKS.get(task, {task}):  # caption folders serve pretrain and irtr
+        if data_task not in get_task(task).accepts:  # caption folders serve pretrain and irtr
             raise M3AEError(f"{d}: prepared for task {data_task!r}, but the recipe trains {task!r}")
     if len(summaries) == 1:
         return summaries[0]
@@ -156,7 +155,8 @@ def make_train_loaders(cfg: RunConfig, data_dir: str | Path, tokenizer: Any, val
     from m3ae.data import make_dataset, make_loader
 
     info = D.dist_info()
-    dataset = make_dataset(data_dir, "train", cfg.task.name, cfg.data, tokenizer, train=True, seed=cfg.train.seed)
+    dataset = make_dataset(data_dir, "train", get_task(cfg.task.name).examples, cfg.data, tokenizer, train=True,
+                           seed=cfg.train.seed)
     per_device = cfg.train.per_device_batch_size
 
     def epoch_batches(epoch: int, start: int):
@@ -173,56 +173,32 @@ def make_train_loaders(cfg: RunConfig, data_dir: str | Path, tokenizer: Any, val
 
 
 def _eval_dataset(cfg: RunConfig, data_dir: str | Path, split: str, tokenizer: Any) -> Any:
-    from m3ae.data import make_dataset, make_retrieval_pool
-
-    if cfg.task.name == "irtr":
-        return make_retrieval_pool(data_dir, split, cfg.data, tokenizer)
-    return make_dataset(data_dir, split, cfg.task.name, cfg.data, tokenizer, train=False, seed=cfg.train.seed)
+    """What the task evaluates on for one split (a dataset, or a retrieval pool)."""
+    task = make_task(cfg.task.name, **task_options(cfg.task))
+    return task.eval_data(data_dir, split, cfg.data, tokenizer, seed=cfg.train.seed)
 
 
 def task_options(task: Any) -> dict[str, Any]:
     """The keyword options of ``make_task`` from a recipe's ``task`` section."""
-    if task.name == "pretrain":
-        return dict(mlm_weight=task.mlm_weight, mim_weight=task.mim_weight, itm_weight=task.itm_weight,
-                    mask_ratio=task.mask_ratio, norm_pix_loss=task.norm_pix_loss)
-    if task.name == "vqa":
-        return dict(image_input=task.image_input, loss=task.loss)
-    if task.name == "cls":
-        return dict(image_input=task.image_input)
-    return dict(itc_weight=task.itc_weight)  # irtr
+    return get_task(task.name).options_from(task)
 
 
 def evaluate_split(task: str, model: nn.Module, data: Any, cfg_eval: Any, precision: str,
                    task_obj: BaseTask | None = None, progress: bool = False) -> dict[str, float]:
-    """Metrics of ``model`` on one prepared split (a dataset, or a retrieval pool)."""
-    bs = cfg_eval.batch_size
-    if task == "vqa":
-        return E.evaluate_vqa(model, data, bs, precision, progress, task_obj)[0]
-    if task == "cls":
-        return E.evaluate_cls(model, data, bs, precision, progress, task_obj)[0]
-    if task == "irtr" and cfg_eval.retrieval == "two-stage":
-        return E.evaluate_retrieval_two_stage(model, data, cfg_eval.top_k, bs, cfg_eval.retrieval_text_batch,
-                                              precision, progress)[0]
-    if task == "irtr":
-        return E.evaluate_retrieval(model, data, bs, cfg_eval.retrieval_text_batch, precision, progress)[0]
-    return E.evaluate_pretrain(model, data, bs, precision, progress, task_obj)
+    """Metrics of ``model`` on one prepared split (a dataset, or a retrieval pool): ``task_obj.evaluate``
+    (the task's default object when None)."""
+    task_obj = task_obj if task_obj is not None else make_task(task)
+    return task_obj.evaluate(model, data, cfg_eval, precision, progress)
 
 
 # -- runs -----------------------------------------------------------------------------------------
 
 def _extra_metadata(cfg: RunConfig, data_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
-    from m3ae.data import read_answers, read_labels
-
+    """What the saved model keeps: the task, the data pipeline, and the task's own (answers, labels)."""
     extra: dict[str, Any] = {"task": cfg.task.name, "data": cfg.data.to_dict(),
                              "preprocessing": cfg.data.preprocessing().to_dict(),
                              "dataset": summary.get("dataset"), "protocol": summary.get("protocol")}
-    if cfg.task.name in ("vqa", "cls"):
-        extra["image_input"] = cfg.task.image_input
-    if cfg.task.name == "vqa":
-        extra["answers"] = read_answers(data_dir)
-    if cfg.task.name == "cls":
-        extra["labels"] = read_labels(data_dir)
-    return extra
+    return extra | get_task(cfg.task.name).metadata(data_dir, cfg.task)
 
 
 def train_run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -280,31 +256,53 @@ def _train_locked(cfg: RunConfig, data_dir: str | Path, out_dir: Path, resume: b
     model.to(resolve_device(cfg.train.device))
     task = make_task(task_name, **task_options(cfg.task))
 
-    val_split = cfg.eval.val_split  # checked above: None or a split with examples
-    if val_split is not None and val_is_test(summary):
-        _say(f"warning: model selection uses split '{val_split}', which is a copy of the test split "
-             f"under the '{summary.get('protocol')}' protocol of {summary.get('dataset')} "
-             "(as the original); test metrics are therefore optimistic")
-    validate = None
-    if val_split is not None:
-        val_data = _eval_dataset(cfg, data_dir, val_split, tokenizer)
-
-        def validate(m: nn.Module) -> dict[str, float]:
-            return evaluate_split(task_name, m, val_data, cfg.eval, cfg.train.precision, task)
-
-    loaders = make_train_loaders(cfg, data_dir, tokenizer, validate)
+    loaders = make_train_loaders(cfg, data_dir, tokenizer, _validation(cfg, data_dir, summary, tokenizer, task))
     extra = _extra_metadata(cfg, data_dir, summary)
 
     def save_best(m: nn.Module, path: Path) -> None:
         m.save_pretrained(path, tokenizer=tokenizer, extra=extra)
 
-    monitor = E.DEFAULT_MONITOR[task_name] if cfg.eval.monitor == "auto" else cfg.eval.monitor
+    monitor = task.monitor if cfg.eval.monitor == "auto" else cfg.eval.monitor
     result = fit(task, model, loaders, cfg.optim, cfg.train, cfg.eval, run_dir=out_dir, resume=resume,
                  monitor=monitor, save_best=save_best, extra_state={"config": cfg.to_dict()})
+    report = _run_report(cfg, data_dir, out_dir, summary, tokenizer, task, result, monitor)
+    if info.is_main:
+        atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+        if (out_dir / "best").is_dir():
+            _write_model_card(cfg, out_dir / "best", summary, report)
+        _say(format_table(report, title=f"{task_name} metrics ({report.get('split')} split)"))
+    D.barrier()
+    return report
+
+
+def _validation(cfg: RunConfig, data_dir: str | Path, summary: dict[str, Any], tokenizer: Any,
+                task: BaseTask) -> Any:
+    """The model-selection callback ``model -> metrics`` on ``eval.val_split`` (None without one)."""
+    val_split = cfg.eval.val_split  # checked by _train_locked: None or a split with examples
+    if val_split is not None and val_is_test(summary):
+        _say(f"warning: model selection uses split '{val_split}', which is a copy of the test split "
+             f"under the '{summary.get('protocol')}' protocol of {summary.get('dataset')} "
+             "(as the original); test metrics are therefore optimistic")
+    if val_split is None:
+        return None
+    val_data = _eval_dataset(cfg, data_dir, val_split, tokenizer)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        return evaluate_split(cfg.task.name, m, val_data, cfg.eval, cfg.train.precision, task)
+
+    return validate
+
+
+def _run_report(cfg: RunConfig, data_dir: str | Path, out_dir: Path, summary: dict[str, Any], tokenizer: Any,
+                task: BaseTask, result: Any, monitor: str) -> dict[str, Any]:
+    """metrics.json of a run: where the model comes from, and the test split's metrics of the best
+    model (the last validation's when there is no test split)."""
+    val_split = cfg.eval.val_split
     precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
     report: dict[str, Any] = {
-        "task": task_name, "dataset": summary.get("dataset"), "protocol": summary.get("protocol"),
-        "precision": precision.name, "precision_reason": precision.reason, "selected_on": val_split, "monitor": monitor, "best_step": result.best_step, "steps": result.steps,
+        "task": cfg.task.name, "dataset": summary.get("dataset"), "protocol": summary.get("protocol"),
+        "precision": precision.name, "precision_reason": precision.reason, "selected_on": val_split,
+        "monitor": monitor, "best_step": result.best_step, "steps": result.steps,
         "val_is_test": bool(val_split and val_is_test(summary)),
     }
     test_split = cfg.eval.test_split if _split_size(summary, cfg.eval.test_split) else None
@@ -312,17 +310,11 @@ def _train_locked(cfg: RunConfig, data_dir: str | Path, out_dir: Path, resume: b
         from m3ae.models import M3AE
 
         best = M3AE.from_pretrained(out_dir / "best").to(resolve_device(cfg.train.device))
-        metrics = evaluate_split(task_name, best, _eval_dataset(cfg, data_dir, test_split, tokenizer),
+        metrics = evaluate_split(cfg.task.name, best, _eval_dataset(cfg, data_dir, test_split, tokenizer),
                                  cfg.eval, cfg.train.precision, task, progress=cfg.train.progress)
         report.update(split=test_split, **metrics)
     else:
         report.update(split=val_split, **result.last_metrics)
-    if info.is_main:
-        atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
-        if (out_dir / "best").is_dir():
-            _write_model_card(cfg, out_dir / "best", summary, report)
-        _say(format_table(report, title=f"{task_name} metrics ({report.get('split')} split)"))
-    D.barrier()
     return report
 
 
@@ -385,7 +377,7 @@ def finetune(config: RunConfig | str | Path | dict, data_dir: str | Path, out_di
         they come from (``split``, ``selected_on``, ``best_step``), or the per-seed aggregate.
     """
     cfg = resolve_config(config, overrides)
-    if cfg.task.name == "pretrain":
+    if get_task(cfg.task.name).pretraining:
         raise M3AEError("this recipe pre-trains (task.name: pretrain); use m3ae pretrain")
     return run_seeds(cfg, data_dir, out_dir, seeds, resume)
 
@@ -394,7 +386,7 @@ def pretrain(config: RunConfig | str | Path | dict, data_dir: str | Path, out_di
              overrides: list | None = None, resume: bool = False) -> dict:
     """Pre-trains with MLM + MIM + ITM on a prepared caption folder (see `finetune` for arguments)."""
     cfg = resolve_config(config, overrides)
-    if cfg.task.name != "pretrain":
+    if not get_task(cfg.task.name).pretraining:
         raise M3AEError(f"this recipe fine-tunes (task.name: {cfg.task.name}); use m3ae finetune")
     return train_run(cfg, data_dir, out_dir, resume)
 
@@ -424,19 +416,13 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     meta = read_metadata(model_dir)
     model, resolved = _inference_model(M3AE.from_pretrained(model_dir), precision, resolve_device(device))
     precision = autocast_name(resolved)  # int8: quantised kernels, no autocast
-    task = meta.get("task") or next((t for t in ("vqa", "cls", "irtr") if t in model.config.heads), None)
-    if task not in ("vqa", "cls", "irtr"):
-        raise M3AEError(f"{model_dir}: the model has no vqa, cls or irtr head to evaluate")
+    task = _saved_task(model_dir, meta, model)
     data_cfg = DataConfig.from_dict(meta["data"]) if "data" in meta else DataConfig(
         image_size=model.config.vision.image_size, patch_size=model.config.vision.patch_size)
     summary = read_summary(data_dir)
-    if summary.get("task") != task and not (task == "irtr" and summary.get("task") == "pretrain"):
+    if summary.get("task") not in get_task(task).accepts:
         raise M3AEError(f"{data_dir}: prepared for task {summary.get('task')!r}, the model is a {task} model")
-    if task == "vqa" and "answers" in meta:
-        from m3ae.data import read_answers
-
-        if read_answers(data_dir) != meta["answers"]:
-            raise M3AEError(f"{data_dir}: its answer list differs from the one {model_dir} was trained with")
+    get_task(task).check_saved(meta, data_dir, model_dir)
     if not _split_size(summary, split):
         raise M3AEError(f"{data_dir}: split {split!r} has no examples")
     tokenizer = load_tokenizer(str(model_dir) if _has_tokenizer(model_dir) else None)
@@ -454,6 +440,16 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
             atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(report, indent=2) + "\n")
         print(format_table(report, title=f"{task} on {summary.get('dataset')} ({split} split)"), flush=True)
     return report
+
+
+def _saved_task(model_dir: Path, meta: dict[str, Any], model: nn.Module) -> str:
+    """The task a saved model is evaluated as: the one it recorded, else the first whose heads it has."""
+    evaluable = [name for name, t in TASKS.items() if t.evaluates_saved]
+    task = meta.get("task") or next((n for n in evaluable if set(TASKS[n].heads) <= set(model.config.heads)), None)
+    if task not in evaluable:
+        raise M3AEError(f"{model_dir}: the model has no {', '.join(evaluable[:-1])} or {evaluable[-1]} head "
+                        "to evaluate")
+    return task
 
 
 def _inference_model(model: nn.Module, precision: str, device: torch.device) -> tuple[nn.Module, Any]:

@@ -75,6 +75,35 @@ def _same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
     return arch(a) == arch(b)
 
 
+def _config_with_source(cfg: ModelConfig | None, source_cfg: ModelConfig, pretrained: Any,
+                        name_or_config: Any) -> ModelConfig:
+    """The checkpoint's architecture (with its heads), checked against an asked-for config."""
+    if cfg is not None and not _same_architecture(cfg, source_cfg):
+        raise M3AEError(
+            f"{pretrained}: its architecture differs from {name_or_config!r}; "
+            "pass name_or_config=None to use the checkpoint's own"
+        )
+    return (
+        source_cfg
+        if cfg is None
+        else cfg.with_heads(source_cfg.heads, source_cfg.num_answers, source_cfg.num_classes)
+    )
+
+
+def _final_config(cfg: ModelConfig | None, text_weights: Any, heads: Any, num_answers: int | None,
+                  num_classes: int | None, image_size: int | None) -> ModelConfig:
+    """The config with the text tower of ``text_weights``, the asked-for heads and image size."""
+    assert cfg is not None
+    if text_weights is not None:
+        text_cfg = text_config_from_folder(_require(text_weights, "text weights"))
+        cfg = dataclasses.replace(cfg, text=text_cfg)  # a copy: the caller's config is not mutated
+    if heads is not None or num_answers is not None or num_classes is not None:
+        cfg = cfg.with_heads(cfg.heads if heads is None else heads, num_answers, num_classes)
+    if image_size is not None:
+        cfg = cfg.with_image_size(image_size)
+    return cfg
+
+
 def create_model(
     name_or_config: str | ModelConfig | dict[str, Any] | None = None,
     pretrained: str | Path | None = None,
@@ -119,25 +148,8 @@ def create_model(
     if pretrained is not None:
         pretrained = _resolve_named(pretrained)
         source_cfg, state_dict, notes = _read_source(_require(pretrained, "pretrained weights"), image_size)
-        if cfg is not None and not _same_architecture(cfg, source_cfg):
-            raise M3AEError(
-                f"{pretrained}: its architecture differs from {name_or_config!r}; "
-                "pass name_or_config=None to use the checkpoint's own"
-            )
-        cfg = (
-            source_cfg
-            if cfg is None
-            else cfg.with_heads(source_cfg.heads, source_cfg.num_answers, source_cfg.num_classes)
-        )
-    assert cfg is not None
-    if text_weights is not None:
-        text_cfg = text_config_from_folder(_require(text_weights, "text weights"))
-        cfg = dataclasses.replace(cfg, text=text_cfg)  # a copy: the caller's config is not mutated
-    if heads is not None or num_answers is not None or num_classes is not None:
-        cfg = cfg.with_heads(cfg.heads if heads is None else heads, num_answers, num_classes)
-    if image_size is not None:
-        cfg = cfg.with_image_size(image_size)
-
+        cfg = _config_with_source(cfg, source_cfg, pretrained, name_or_config)
+    cfg = _final_config(cfg, text_weights, heads, num_answers, num_classes, image_size)
     model = M3AE(cfg)
     report = io.LoadReport()
     if state_dict is not None:

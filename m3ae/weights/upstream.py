@@ -188,17 +188,9 @@ def _shape(sd: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
     return tuple(sd[key].shape)
 
 
-def infer_config_from_upstream(
-    sd: dict[str, torch.Tensor], hparams_config: dict[str, Any] | None = None, image_size: int | None = None
-) -> ModelConfig:
-    """Infer a `ModelConfig` from an upstream state dict (sizes) and its saved Sacred config.
-
-    Args:
-        sd: upstream state dict.
-        hparams_config: `ckpt["hyper_parameters"]["config"]` (may be empty).
-        image_size: target resolution; default = the grid stored in the checkpoint.
-    """
-    hp = dict(hparams_config or {})
+def _upstream_towers(sd: dict[str, torch.Tensor], hp: dict[str, Any],
+                     image_size: int | None) -> tuple[VisionConfig, TextConfig, FusionConfig]:
+    """The vision, text and fusion configs of an upstream state dict (sizes) and its Sacred config."""
     width, channels, patch, _ = _shape(sd, "vision_encoder.visual.conv1.weight")
     grid = round((_shape(sd, "vision_encoder.visual.positional_embedding")[0] - 1) ** 0.5)
     vision = VisionConfig(
@@ -229,6 +221,21 @@ def infer_config_from_upstream(
         mlp_ratio=_shape(sd, "multi_modal_language_layers.0.intermediate.dense.weight")[0] / d,
         dropout=float(hp.get("drop_rate", 0.1)),
     )
+    return vision, text, fusion
+
+
+def infer_config_from_upstream(
+    sd: dict[str, torch.Tensor], hparams_config: dict[str, Any] | None = None, image_size: int | None = None
+) -> ModelConfig:
+    """Infer a `ModelConfig` from an upstream state dict (sizes) and its saved Sacred config.
+
+    Args:
+        sd: upstream state dict.
+        hparams_config: `ckpt["hyper_parameters"]["config"]` (may be empty).
+        image_size: target resolution; default = the grid stored in the checkpoint.
+    """
+    hp = dict(hparams_config or {})
+    vision, text, fusion = _upstream_towers(sd, hp, image_size)
     heads = [h for h in HEAD_NAMES if any(k.startswith(f"{h}_head.") for k in sd)]
     decoder = PixelDecoderConfig()
     if "mim" in heads:
