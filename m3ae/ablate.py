@@ -254,9 +254,9 @@ def base_recipes(scale: Scale, inputs: Inputs, seed: int, pretrained: str | None
     return pre, fine
 
 
-def unit_recipes(grid: Grid, cell: Cell, inputs: Inputs, seed: int, unit_dir: Path) -> dict[str, dict | None]:
+def unit_recipes(grid: Grid, cell: Cell, inputs: Inputs, seed: int, folder: Path) -> dict[str, dict | None]:
     """Both recipes of one unit with the cell's overrides applied; "pretrain" is None without pre-training."""
-    pretrained = None if cell.pretrain is None else str(unit_dir / "pretrain" / "best")
+    pretrained = None if cell.pretrain is None else str(folder / "pretrain" / "best")
     pre, fine = base_recipes(grid.scale, inputs, seed, pretrained)
     return {"pretrain": None if cell.pretrain is None else deep_merge(pre, cell.pretrain),
             "finetune": deep_merge(fine, cell.finetune)}
@@ -290,16 +290,15 @@ def pretrain_losses(run_dir: Path, tail: float = 0.2) -> dict[str, float]:
     return {k: round(sum(r[k] for r in last) / len(last), 4) for k in keys}
 
 
-def run_stage(kind: str, recipe: dict, data: list[str] | str, run_dir: Path) -> dict[str, Any]:
-    """One training stage into a fresh run folder (an unfinished one from a killed run is replaced)."""
-    from m3ae import train
+def run_stage(function: Any, recipe: dict, data: list[str] | str, run_dir: Path) -> dict[str, Any]:
+    """One training stage (`m3ae.train.pretrain` or `finetune`) into a fresh run folder (an unfinished
+    one from a killed run is replaced)."""
     from m3ae.train.config import config_from_dict
 
     if stage_done(run_dir):
         return json.loads((run_dir / "metrics.json").read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
     config = config_from_dict(recipe, where=f"{run_dir} recipe")
-    function = train.pretrain if kind == "pretrain" else train.finetune
     result = dict(function(config, data[0] if isinstance(data, list) and len(data) == 1 else data, run_dir) or {})
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # resumable state; best/ is kept
     return result
@@ -312,24 +311,25 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
+    from m3ae import train
     from m3ae.train.checkpoint import atomic_write_text
 
-    unit_dir = Path(unit["dir"])
-    unit_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(unit["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(unit["threads"])
     start = time.perf_counter()
-    with open(unit_dir / "log.txt", "a", encoding="utf-8") as log, \
+    with open(folder / "log.txt", "a", encoding="utf-8") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         losses: dict[str, float] = {}
         if unit["recipes"]["pretrain"] is not None:
-            run_stage("pretrain", unit["recipes"]["pretrain"], unit["pretrain_data"], unit_dir / "pretrain")
-            losses = pretrain_losses(unit_dir / "pretrain")
-        metrics = run_stage("finetune", unit["recipes"]["finetune"], unit["finetune_data"], unit_dir / "finetune")
+            run_stage(train.pretrain, unit["recipes"]["pretrain"], unit["pretrain_data"], folder / "pretrain")
+            losses = pretrain_losses(folder / "pretrain")
+        metrics = run_stage(train.finetune, unit["recipes"]["finetune"], unit["finetune_data"], folder / "finetune")
     result = {"cell": unit["cell"], "seed": unit["seed"],
               **{k: float(metrics[k]) for k in METRICS},
               "best_step": metrics.get("best_step"), "pretrain_losses": losses,
               "seconds": round(time.perf_counter() - start, 1), "threads": unit["threads"]}
-    atomic_write_text(unit_dir / RESULT, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(folder / RESULT, json.dumps(result, indent=2) + "\n")
     return result
 
 

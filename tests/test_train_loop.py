@@ -53,6 +53,14 @@ def test_batch_size_not_divisible_is_an_error():
     assert grad_accum_steps(256, 32, 2) == 4
 
 
+@pytest.mark.parametrize("kwargs, message", [({"retrieval": "fast"}, "eval.retrieval"), ({"top_k": 0}, "eval.top_k"),
+                                             ({"batch_size": 0}, "eval.batch_size"), ({"val_split": " "}, "eval.val_split")])
+def test_every_eval_option_is_checked(kwargs, message):
+    # EvalArgs once had two __post_init__ methods, and the second silently replaced the first
+    with pytest.raises(M3AEError, match=message):
+        EvalArgs(**kwargs)
+
+
 def test_in_process_resume_gives_the_same_losses(tmp_path):
     full = tmp_path / "full"
     run_toy(full, max_steps=10)

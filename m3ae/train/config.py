@@ -222,8 +222,6 @@ class EvalArgs:
             raise M3AEError(f"eval.retrieval must be full or two-stage (got {self.retrieval!r})")
         if self.top_k < 1:
             raise M3AEError(f"eval.top_k must be at least 1 (got {self.top_k})")
-
-    def __post_init__(self) -> None:
         for name in ("every_steps", "batch_size", "retrieval_text_batch"):
             _check_range(f"eval.{name}", getattr(self, name), low=1)
         for name in ("val_split", "test_split"):
