@@ -48,11 +48,13 @@ tqdm + numpy; NOT our library's venv, whose transformers 5 the original cannot i
     /work/orig-venv/bin/python benchmarks/bench_original.py --orig-src /tmp/m3ae-orig --job pretrain \\
         --tiny --image-size 32 --text-len 8 --steps 1 --warmup 0
 
-This file imports nothing from our library (the original's package is also called ``m3ae``).
+This file imports nothing from our library (the original's package is also called ``m3ae``); it loads
+our dependency-free ``m3ae/bench_core.py`` by file path for the shapes and the measuring helpers.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import json
 import os
@@ -62,12 +64,24 @@ import sys
 import time
 import types
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
-JOBS = ("pretrain", "vqa", "infer")
-PAPER_SHAPES = {"pretrain": (4, 288, 64), "vqa": (4, 384, 32), "infer": (1, 384, 32)}
-NUM_ANSWERS = 498
-MASK_TOKEN_ID, BOS_ID, EOS_ID = 50264, 0, 2  # RoBERTa's <mask>, <s>, </s>
-PROFILE_TOP = 20
+
+def _load_bench_core() -> types.ModuleType:
+    """Our `m3ae/bench_core.py` by file path: the shapes and the measuring and profile helpers are
+    the very ones `m3ae bench` uses, while `import m3ae` stays free for the original's package."""
+    path = Path(__file__).resolve().parents[1] / "m3ae" / "bench_core.py"
+    spec = importlib.util.spec_from_file_location("m3ae_bench_core", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_core = _load_bench_core()
+JOBS, PAPER_SHAPES, NUM_ANSWERS, PROFILE_TOP = _core.JOBS, _core.PAPER_SHAPES, _core.NUM_ANSWERS, _core.PROFILE_TOP
+MASK_TOKEN_ID, BOS_ID, EOS_ID = _core.MASK_TOKEN_ID, _core.BOS_ID, _core.EOS_ID
+cpu_seconds, load_avg, profile_steps, profile_markdown = (
+    _core.cpu_seconds, _core.load_avg, _core.profile_steps, _core.profile_markdown)
 
 
 @dataclass
@@ -286,15 +300,6 @@ def synthetic_batch(job: str, cfg: dict, batch: int, text_len: int, device, seed
 
 
 # ------------------------------------------------------------------------------ measuring
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _load_avg() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
 def cpu_bf16() -> bool:
     import torch
 
@@ -318,38 +323,13 @@ def resolve_precision(requested: str, device) -> tuple[str, str]:
     return requested, f"{requested} requested"
 
 
-def profile_steps(step, n: int, sync, top: int = PROFILE_TOP) -> list[dict]:
-    """Top ops by self CPU time over ``n`` profiled steps (the same rows as `m3ae bench --profile`)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(n):
-            step()
-        sync()
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total_us = sum(e.self_cpu_time_total for e in events) or 1.0
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [{"op": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / n,
-             "share_pct": 100.0 * e.self_cpu_time_total / total_us, "calls_per_step": e.count / n}
-            for e in events[:top]]
-
-
-def profile_markdown(rows: list[dict], title: str = "") -> str:
-    lines = [f"**{title}**", ""] if title else []
-    lines += ["| # | op | self CPU ms / step | share % | calls / step |", "|---:|---|---:|---:|---:|"]
-    for i, r in enumerate(rows, 1):
-        lines.append(f"| {i} | `{r['op']}` | {r['self_cpu_ms_per_step']:.2f} | {r['share_pct']:.1f} | "
-                     f"{r['calls_per_step']:g} |")
-    return "\n".join(lines)
-
-
 def run_here(spec: OrigSpec) -> dict:
     """Build the original's model for the job and time its steps in this process."""
     import torch
 
     if spec.job not in JOBS:
         raise SystemExit(f"error: --job must be one of {JOBS}")
-    load_start = _load_avg()
+    load_start = load_avg()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
@@ -397,11 +377,11 @@ def run_here(spec: OrigSpec) -> dict:
     warmup_s = time.perf_counter() - t0
     times, cpu_times = [], []
     for _ in range(spec.steps):
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         step()
         sync()
         times.append(time.perf_counter() - t0)
-        cpu_times.append(_cpu_seconds() - c0)
+        cpu_times.append(cpu_seconds() - c0)
     sec = sorted(times)[len(times) // 2]
     import transformers
 
@@ -414,7 +394,7 @@ def run_here(spec: OrigSpec) -> dict:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "params_m": n_params / 1e6, "threads": torch.get_num_threads(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_bf16": cpu_bf16(), "load_avg": load_start, "load_avg_end": _load_avg(), "torch": torch.__version__,
+        "cpu_bf16": cpu_bf16(), "load_avg": load_start, "load_avg_end": load_avg(), "torch": torch.__version__,
         "implementation": "original", "transformers": transformers.__version__, "optimizer": optimizer_name,
         "shims": SHIMS,
     }

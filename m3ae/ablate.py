@@ -290,18 +290,15 @@ def pretrain_losses(run_dir: Path, tail: float = 0.2) -> dict[str, float]:
     return {k: round(sum(r[k] for r in last) / len(last), 4) for k in keys}
 
 
-def run_stage(function: Any, recipe: dict, data: list[str] | str, run_dir: Path) -> dict[str, Any]:
-    """One training stage (`m3ae.train.pretrain` or `finetune`) into a fresh run folder (an unfinished
-    one from a killed run is replaced)."""
-    from m3ae.train.config import config_from_dict
+def run_stage(kind: str, recipe: dict, data: list[str] | str, run_dir: Path) -> dict[str, Any]:
+    """One training stage (the demo's `train_stage`: "pretrain" or "finetune") into a fresh run folder;
+    a finished one is kept, an unfinished one from a killed run is replaced."""
+    from m3ae import demo
 
     if stage_done(run_dir):
         return json.loads((run_dir / "metrics.json").read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = config_from_dict(recipe, where=f"{run_dir} recipe")
-    result = dict(function(config, data[0] if isinstance(data, list) and len(data) == 1 else data, run_dir) or {})
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # resumable state; best/ is kept
-    return result
+    return demo.train_stage(kind, recipe, data, run_dir, where=f"{run_dir} recipe")
 
 
 def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +308,6 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    from m3ae import train
     from m3ae.train.checkpoint import atomic_write_text
 
     folder = Path(unit["dir"])
@@ -322,9 +318,9 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         losses: dict[str, float] = {}
         if unit["recipes"]["pretrain"] is not None:
-            run_stage(train.pretrain, unit["recipes"]["pretrain"], unit["pretrain_data"], folder / "pretrain")
+            run_stage("pretrain", unit["recipes"]["pretrain"], unit["pretrain_data"], folder / "pretrain")
             losses = pretrain_losses(folder / "pretrain")
-        metrics = run_stage(train.finetune, unit["recipes"]["finetune"], unit["finetune_data"], folder / "finetune")
+        metrics = run_stage("finetune", unit["recipes"]["finetune"], unit["finetune_data"], folder / "finetune")
     result = {"cell": unit["cell"], "seed": unit["seed"],
               **{k: float(metrics[k]) for k in METRICS},
               "best_step": metrics.get("best_step"), "pretrain_losses": losses,
@@ -473,24 +469,24 @@ def write_outputs(out: Path, grid: Grid, seeds: list[int], units: int, workers: 
 
 
 # -------------------------------------------------------------------------------- data + CLI
+def small_inputs(out: Path) -> Inputs:
+    """Where the small grids' prepared data lives in a grid folder, and the frozen MiniLM tower."""
+    from m3ae import demo
+
+    return Inputs([str(out / "data" / "pretrain")], str(out / "data" / "vqa_rad"), str(demo.minilm_folder()))
+
+
 def prepare_small(out: Path, src: Path, scale: Scale, seed: int) -> Inputs:
     """The bundled VQA-RAD (clean protocol) and its train-split caption pairs, prepared once per grid
-    folder (reused on a rerun)."""
+    folder (a rerun reuses them: a prepared folder's summary.json is written last, atomically)."""
     from m3ae import demo
-    from m3ae.data import read_summary
+    from m3ae.data.storage import SUMMARY_FILE
 
-    vqa, pretrain = out / "data" / "vqa_rad", out / "data" / "pretrain"
-    inputs = Inputs([str(pretrain)], str(vqa), str(demo.minilm_folder()))
-    with contextlib.suppress(Exception):
-        if read_summary(vqa) and read_summary(pretrain):
-            return inputs
+    inputs = small_inputs(out)
+    if all((Path(d) / SUMMARY_FILE).is_file() for d in (*inputs.pretrain_data, inputs.finetune_data)):
+        return inputs
     raw = demo.subset_raw(src, out / "raw" / "vqa_rad", scale.subset_images) if scale.subset_images else src
-    common = ["--protocol", "clean", "--seed", str(seed), "--image-size", str(demo.DEMO_IMAGE_SIZE), "--overwrite"]
-    demo.run_cli(["prepare", "vqa-rad", "--src", str(raw), "--out", str(vqa), *common])
-    (out / "raw").mkdir(parents=True, exist_ok=True)
-    demo.caption_csv(vqa, raw / "images", out / "raw" / "pretrain_pairs.csv")
-    demo.run_cli(["prepare", "custom", "--src", str(out / "raw" / "pretrain_pairs.csv"), "--out", str(pretrain),
-                  "--allow-outside-src", *common])
+    demo.prepare_vqa_and_pairs(raw, out, demo.DEMO_IMAGE_SIZE, seed)
     return inputs
 
 
@@ -554,7 +550,7 @@ def grid_inputs(args: argparse.Namespace, grid: Grid, out: Path) -> Inputs:
     from m3ae import demo
 
     if args.dry_run:
-        return Inputs([str(out / "data" / "pretrain")], str(out / "data" / "vqa_rad"), str(demo.minilm_folder()))
+        return small_inputs(out)
     return prepare_small(out, demo.find_src(args.src), grid.scale, seed=0)
 
 

@@ -32,14 +32,10 @@ from dataclasses import asdict, dataclass, fields
 
 from m3ae.errors import M3AEError
 
-JOBS = ("pretrain", "vqa", "infer")
-PAPER_SHAPES = {  # job -> (batch, image size, text length) of the paper's recipes
-    "pretrain": (4, 288, 64),
-    "vqa": (4, 384, 32),
-    "infer": (1, 384, 32),
-}
-NUM_ANSWERS = 498  # VQA-RAD's answer list
-MASK_TOKEN_ID, BOS_ID, EOS_ID = 50264, 0, 2  # RoBERTa's <mask>, <s>, </s>
+from m3ae.bench_core import (  # noqa: F401 - profile_markdown is re-exported (`from m3ae.bench import ...`)
+    BOS_ID, EOS_ID, JOBS, MASK_TOKEN_ID, NUM_ANSWERS, PAPER_SHAPES, PROFILE_TOP, cpu_seconds, load_avg,
+    profile_markdown, profile_steps,
+)
 
 
 @dataclass
@@ -140,16 +136,6 @@ def synthetic_batch(job: str, config, batch: int, text_len: int, num_answers: in
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process (less sensitive than wall time to other jobs)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _load_avg() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
 def _build(spec: BenchSpec, device):
     """The model (random weights, heads of the job) and its resolved shapes."""
     import torch
@@ -205,7 +191,7 @@ def run_here(spec: BenchSpec) -> dict:
     from m3ae.quantize import autocast_name, quantize_int8
 
     check_spec(spec)
-    load_start = _load_avg()
+    load_start = load_avg()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
@@ -236,11 +222,11 @@ def run_here(spec: BenchSpec) -> dict:
     warmup_s = time.perf_counter() - t0
     times, cpu_times = [], []
     for _ in range(spec.steps):
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         step()
         sync()
         times.append(time.perf_counter() - t0)
-        cpu_times.append(_cpu_seconds() - c0)
+        cpu_times.append(cpu_seconds() - c0)
     sec = sorted(times)[len(times) // 2]  # median (the upper one for an even count)
     result = {
         **asdict(spec), "batch": batch_size, "image_size": image, "text_len": text_len,
@@ -251,7 +237,7 @@ def run_here(spec: BenchSpec) -> dict:
         # Linux reports ru_maxrss in KiB
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "params_m": n_params / 1e6, "threads": torch.get_num_threads(), "usable_cores": usable_cores(),
-        "cpu_bf16": bool(cpu_bf16()), "load_avg": load_start, "load_avg_end": _load_avg(),
+        "cpu_bf16": bool(cpu_bf16()), "load_avg": load_start, "load_avg_end": load_avg(),
         "torch": torch.__version__,
     }
     if device.type == "cuda":
@@ -259,41 +245,6 @@ def run_here(spec: BenchSpec) -> dict:
     if spec.profile:  # after the timed steps and the peak RSS: the profiler's own records do not count
         result["profile_ops"] = profile_steps(step, spec.profile, sync)
     return result
-
-
-# ------------------------------------------------------------------------------------ profiles
-PROFILE_TOP = 20
-
-
-def profile_steps(step, n: int, sync=lambda: None, top: int = PROFILE_TOP) -> list[dict]:
-    """Run ``step`` ``n`` times under torch.profiler (CPU activity) and return the ``top`` ops by
-    self CPU time: name, self CPU ms per step, share of all ops' self CPU time (%), calls per step.
-
-    Self time is an op's own time without the ops it calls, so the shares add up to at most 100%
-    and the table says where the CPU actually went (``aten::addmm`` = Linear layers, ...).
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(n):
-            step()
-        sync()
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total_us = sum(e.self_cpu_time_total for e in events) or 1.0
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [{"op": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / n,
-             "share_pct": 100.0 * e.self_cpu_time_total / total_us, "calls_per_step": e.count / n}
-            for e in events[:top]]
-
-
-def profile_markdown(rows: list[dict], title: str = "") -> str:
-    """The rows of `profile_steps` as a Markdown table (``title`` as a heading line, when given)."""
-    lines = [f"**{title}**", ""] if title else []
-    lines += ["| # | op | self CPU ms / step | share % | calls / step |", "|---:|---|---:|---:|---:|"]
-    for i, r in enumerate(rows, 1):
-        lines.append(f"| {i} | `{r['op']}` | {r['self_cpu_ms_per_step']:.2f} | {r['share_pct']:.1f} | "
-                     f"{r['calls_per_step']:g} |")
-    return "\n".join(lines)
 
 
 def profile_title(r: dict) -> str:

@@ -369,21 +369,32 @@ def caption_csv(vqa_dir: Path, raw_images: Path, out_csv: Path) -> int:
     return len(rows)
 
 
-def prepare_all(src: Path, out: Path, sizes: DemoSizes, image_size: int, seed: int) -> dict[str, Path]:
-    """Prepare VQA-RAD (clean protocol), its blank-image twin and the pre-training pairs."""
-    raw = subset_raw(src, out / "raw" / "vqa_rad", sizes.subset_images) if sizes.subset_images else src
-    dirs = {"vqa": out / "data" / "vqa_rad", "blank": out / "data" / "vqa_rad_blank",
-            "pretrain": out / "data" / "pretrain"}
-    common = ["--protocol", "clean", "--seed", str(seed), "--image-size", str(image_size), "--overwrite"]
-    run_cli(["prepare", "vqa-rad", "--src", str(raw), "--out", str(dirs["vqa"]), *common])
-    blank = blank_raw(raw, out / "raw" / "vqa_rad_blank")
-    run_cli(["prepare", "vqa-rad", "--src", str(blank), "--out", str(dirs["blank"]), *common])
+def prepare_vqa_and_pairs(raw: Path, out: Path, image_size: int, seed: int) -> dict[str, Path]:
+    """Prepare VQA-RAD (clean protocol) from a raw folder into ``out/data/vqa_rad``, and the
+    pre-training pairs of its train split into ``out/data/pretrain`` (`m3ae demo`, `m3ae ablate`)."""
+    dirs = {"vqa": out / "data" / "vqa_rad", "pretrain": out / "data" / "pretrain"}
+    run_cli(["prepare", "vqa-rad", "--src", str(raw), "--out", str(dirs["vqa"]), *_prepare_flags(image_size, seed)])
+    (out / "raw").mkdir(parents=True, exist_ok=True)
     pairs = caption_csv(dirs["vqa"], raw / "images", out / "raw" / "pretrain_pairs.csv")
     print(f"pre-training pairs: {pairs} (caption = question + ' ' + answer, from the train split only; "
           "these are NOT real captions)")
     # the pairs point at the raw VQA-RAD images, outside the folder of the CSV itself
     run_cli(["prepare", "custom", "--src", str(out / "raw" / "pretrain_pairs.csv"),
-             "--out", str(dirs["pretrain"]), "--allow-outside-src", *common])
+             "--out", str(dirs["pretrain"]), "--allow-outside-src", *_prepare_flags(image_size, seed)])
+    return dirs
+
+
+def _prepare_flags(image_size: int, seed: int) -> list[str]:
+    return ["--protocol", "clean", "--seed", str(seed), "--image-size", str(image_size), "--overwrite"]
+
+
+def prepare_all(src: Path, out: Path, sizes: DemoSizes, image_size: int, seed: int) -> dict[str, Path]:
+    """Prepare VQA-RAD (clean protocol), its blank-image twin and the pre-training pairs."""
+    raw = subset_raw(src, out / "raw" / "vqa_rad", sizes.subset_images) if sizes.subset_images else src
+    dirs = prepare_vqa_and_pairs(raw, out, image_size, seed)
+    dirs["blank"] = out / "data" / "vqa_rad_blank"
+    blank = blank_raw(raw, out / "raw" / "vqa_rad_blank")
+    run_cli(["prepare", "vqa-rad", "--src", str(blank), "--out", str(dirs["blank"]), *_prepare_flags(image_size, seed)])
     return dirs
 
 
@@ -440,12 +451,16 @@ def finetune_config(sizes: DemoSizes, seed: int, text_dir: Path, pretrained: Pat
     return cfg
 
 
-def train_stage(kind: str, cfg: dict[str, Any], data_dir: Path, run_dir: Path) -> dict[str, Any]:
-    """Run `m3ae.train.pretrain` or `m3ae.train.finetune` and return its result dict."""
+def train_stage(kind: str, cfg: dict[str, Any], data_dir: Path | list, run_dir: Path,
+                where: str | None = None) -> dict[str, Any]:
+    """Run `m3ae.train.pretrain` or `m3ae.train.finetune` and return its result dict.
+
+    ``where`` names the recipe in errors (default: "demo <kind> recipe").
+    """
     from m3ae import train
     from m3ae.train.config import config_from_dict
 
-    config = config_from_dict(cfg, where=f"demo {kind} recipe")
+    config = config_from_dict(cfg, where=where or f"demo {kind} recipe")
     function = train.pretrain if kind == "pretrain" else train.finetune
     result = function(config, data_dir, run_dir)
     # resumable checkpoints (weights + optimizer state, ~400 MB a run) are not needed once best/ exists

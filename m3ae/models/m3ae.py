@@ -233,7 +233,7 @@ class M3AE(nn.Module):
     def mlm_features(self, out: EncoderOutput) -> torch.Tensor:
         """The text-stream features the MLM head reads: `out.text_hidden[config.mlm_layer]` (the
         last layer by default, as the paper: tokens are reconstructed from the top, pixels lower)."""
-        return out.text_hidden[self.config.mlm_layer] if out.text_hidden else out.text_feats
+        return out.text_hidden[self.config.mlm_layer]
 
     # ------------------------------------------------------------------ training helpers
     def no_weight_decay(self) -> set[str]:
