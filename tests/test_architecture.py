@@ -166,3 +166,16 @@ def test_deprecated_create_model_alias_still_works() -> None:
     with pytest.warns(DeprecationWarning, match="m3ae.create_model"):
         alias = m3ae.models.create_model
     assert alias is m3ae.create_model
+
+
+def test_test_modules_do_not_import_each_other() -> None:
+    """Shared test pieces live in conftest.py and tests/helpers/, so each test file runs on its own and
+    no test module's import-time set-up leaks into another."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not found, found

@@ -514,7 +514,7 @@ def test_predict_takes_the_middle_frame_of_a_multiframe_dicom_and_says_so(vqa_mo
 
 
 def test_convert_answers_make_an_official_vqa_checkpoint_usable_by_predict(tmp_path, capsys):
-    from test_weights import tiny, write_upstream_ckpt
+    from helpers.upstream import tiny, write_upstream_ckpt
 
     ckpt = write_upstream_ckpt(tmp_path / "vqa.ckpt", tiny(("vqa",), num_answers=len(ANSWERS)))
     image = write_png(tmp_path / "x.png")
@@ -533,7 +533,7 @@ def test_convert_answers_make_an_official_vqa_checkpoint_usable_by_predict(tmp_p
 
 
 def test_convert_refuses_nan_weights(tmp_path, capsys):
-    from test_weights import tiny, write_upstream_ckpt
+    from helpers.upstream import tiny, write_upstream_ckpt
 
     model = tiny(("vqa",), num_answers=len(ANSWERS))
     with torch.no_grad():

@@ -16,7 +16,7 @@ from m3ae.models import M3AE, ModelConfig
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from m3ae.data import load_tokenizer
-    from test_train_e2e import prepare
+    from helpers.synthetic import prepare
 
     tmp = tmp_path_factory.mktemp("embed")
     data = prepare(tmp, "irtr")

@@ -17,17 +17,12 @@ from m3ae.errors import M3AEError
 from m3ae.train.config import load_config
 from m3ae.train.runner import evaluate, finetune
 
-from helpers.synthetic import REPO, WORDS, prepare  # noqa: F401
+from helpers.synthetic import REPO, TINY, WORDS, prepare  # noqa: F401
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("prepared")
     return {task: prepare(tmp, task) for task in ("vqa", "cls", "irtr", "pretrain")}
-
-
-# the recipes' batch sizes are for real data; the test folders hold a few examples
-TINY = ["--train.progress", "false", "--train.tensorboard", "false", "--train.batch_size", "4",
-        "--train.per_device_batch_size", "2", "--train.log_every", "1"]
 
 
 def test_tiny_pretraining_drives_all_three_losses_down(data, tmp_path):

@@ -139,7 +139,7 @@ def test_two_stage_ranks_candidates_first_and_costs_at_most_k_per_query():
 
 
 def test_finetune_and_evaluate_take_two_stage_flags(tmp_path):
-    from test_train_e2e import REPO, TINY, prepare
+    from helpers.synthetic import REPO, TINY, prepare
 
     data = prepare(tmp_path, "irtr")
     out = tmp_path / "run"

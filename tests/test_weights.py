@@ -20,18 +20,7 @@ from m3ae.weights.io import load_state_dict_checked, read_metadata
 from m3ae.weights.unpickle import Placeholder, RestrictedUnpickler, load_checkpoint_file
 from m3ae.weights.upstream import convert_upstream_state_dict, load_upstream, to_upstream_state_dict
 
-LEFTOVERS = {
-    "vision_encoder.positional_embedding": (7, 8),
-    "vision_encoder.token_embedding.weight": (10, 8),
-    "vision_encoder.ln_final.weight": (8,),
-    "vision_encoder.ln_final.bias": (8,),
-}
-
-
-def tiny(heads=("mlm", "mim", "itm"), **kw) -> M3AE:
-    torch.manual_seed(0)
-    return M3AE(ModelConfig.from_name("m3ae-tiny").with_heads(list(heads), **kw)).eval()
-
+from helpers.upstream import LEFTOVERS, ModelCheckpoint, tiny, write_upstream_ckpt  # noqa: F401
 
 def inputs(size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
@@ -52,53 +41,6 @@ def outputs(model: M3AE, size: int = 32) -> dict[str, torch.Tensor]:
         for name, head in model.heads.items()
         if name in ("itm", "vqa", "cls", "irtr")
     } | {"cls_feats": out.cls_feats, "text": out.text_feats}
-
-
-class ModelCheckpoint:  # stands for pytorch_lightning's callback class, pickled by reference
-    pass
-
-
-def write_upstream_ckpt(path: Path, model: M3AE, **extra_sd: torch.Tensor) -> Path:
-    """An official-layout Lightning checkpoint of `model` (keys, leftovers, callbacks class ref)."""
-    cfg = model.config
-    sd = to_upstream_state_dict(model.state_dict(), cfg, leftover_shapes=LEFTOVERS) | extra_sd
-    hp = {
-        "config": {
-            "image_size": cfg.vision.image_size,
-            "num_heads": cfg.fusion.heads,
-            "mim_layer": cfg.mim_layer,
-            "mim_decoder_num_heads": cfg.pixel_decoder.heads,
-            "mim_prob": 0.75,
-            "drop_rate": 0.1,
-        }
-    }
-    # pickle stores the class by reference; fake Lightning's modules just for the save
-    names = [
-        "pytorch_lightning",
-        "pytorch_lightning.callbacks",
-        "pytorch_lightning.callbacks.model_checkpoint",
-    ]
-    fakes = {name: types.ModuleType(name) for name in names}
-    fakes[names[-1]].ModelCheckpoint = ModelCheckpoint
-    ModelCheckpoint.__module__ = names[-1]
-    sys.modules.update(fakes)
-    try:
-        torch.save(
-            {
-                "epoch": 3,
-                "global_step": 10,
-                "pytorch-lightning_version": "1.3.2",
-                "state_dict": sd,
-                "hyper_parameters": hp,
-                "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}},
-            },
-            path,
-        )
-    finally:
-        for name in names:
-            del sys.modules[name]
-        ModelCheckpoint.__module__ = __name__
-    return path
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

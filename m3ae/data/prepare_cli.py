@@ -85,12 +85,16 @@ def prepare_dataset(
         opts = PrepareOptions(dataset, task_name, protocol, on_error, image_size, image_format, seed, extra,
                               max_text_len)
         summary = write_prepared(out, splits, opts, issues, overwrite, vocabulary, protected)
-        if spec.paper_num_answers and protocol == "paper" and not from_arrow:
-            got = summary.get("num_answers", summary.get("num_classes"))
-            if got != spec.paper_num_answers:
-                print(f"m3ae prepare: note: {got} answers/classes; the original config expects "
-                      f"{spec.paper_num_answers}")
+        if protocol == "paper" and not from_arrow:
+            _note_answer_count(spec, summary)
         return summary
+
+
+def _note_answer_count(spec: Any, summary: dict[str, Any]) -> None:
+    """Say when a paper-protocol folder has another answer (or class) count than the original config."""
+    got = summary.get("num_answers", summary.get("num_classes"))
+    if spec.paper_num_answers and got != spec.paper_num_answers:
+        print(f"m3ae prepare: note: {got} answers/classes; the original config expects {spec.paper_num_answers}")
 
 
 def _read_splits(spec: Any, src: Path, protocol: str, seed: int, issues: Issues, from_arrow: bool,

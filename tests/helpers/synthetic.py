@@ -9,6 +9,9 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
+# the recipes' batch sizes are for real data; the test folders hold a few examples
+TINY = ["--train.progress", "false", "--train.tensorboard", "false", "--train.batch_size", "4",
+        "--train.per_device_batch_size", "2", "--train.log_every", "1"]
 WORDS = "chest lung heart liver kidney brain spine bone left right mass fluid normal large small".split()
 
 
