@@ -61,7 +61,7 @@ class BenchSpec:
     text_len: int | None = None
     """Tokens per text; None = the paper's (64 pre-training, 32 VQA)."""
     memory: str = "normal"
-    """normal or low (training jobs: checkpointing + the optimizer step inside backward)."""
+    """normal, lean or low (training jobs; ``train.memory``, see m3ae.train.memory)."""
     compile: bool = False
     """torch.compile the transformer blocks (m3ae.compiling)."""
     grad_checkpointing: bool = False
@@ -91,8 +91,8 @@ def check_spec(spec: BenchSpec) -> None:
                         f"train with (got --job {spec.job})")
     if spec.memory not in MEMORY_MODES:
         raise M3AEError(f"--memory must be one of {MEMORY_MODES} (got {spec.memory!r})")
-    if spec.memory == "low" and spec.job == "infer":
-        raise M3AEError("--memory low is a training mode (pretrain, vqa); inference keeps no activations")
+    if spec.memory != "normal" and spec.job == "infer":
+        raise M3AEError(f"--memory {spec.memory} is a training mode (pretrain, vqa); inference keeps no activations")
     for name in ("steps", "batch", "image_size", "text_len"):
         value = getattr(spec, name)
         if value is not None and value < 1:
@@ -189,6 +189,7 @@ def run_here(spec: BenchSpec) -> dict:
 
     from m3ae.hardware import cpu_bf16, resolve_inference_precision, usable_cores
     from m3ae.quantize import autocast_name, quantize_int8
+    from m3ae.train.memory import apply_memory_mode
 
     check_spec(spec)
     load_start = load_avg()
@@ -200,8 +201,9 @@ def run_here(spec: BenchSpec) -> dict:
     precision = resolve_inference_precision(spec.precision, device)
     model, batch_size, image, text_len = _build(spec, device)
     n_params = sum(p.numel() for p in model.parameters())
-    if spec.memory == "low" or spec.grad_checkpointing:
+    if spec.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    memory_notes = apply_memory_mode(model, spec.memory)
     if precision.name == "int8":
         quantize_int8(model)
     if spec.compile:
@@ -238,7 +240,7 @@ def run_here(spec: BenchSpec) -> dict:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "params_m": n_params / 1e6, "threads": torch.get_num_threads(), "usable_cores": usable_cores(),
         "cpu_bf16": bool(cpu_bf16()), "load_avg": load_start, "load_avg_end": load_avg(),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "memory_notes": memory_notes,
     }
     if device.type == "cuda":
         result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -284,6 +286,7 @@ def format_result(r: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `m3ae bench`."""
     from m3ae.hardware import INFERENCE_PRECISIONS
+    from m3ae.train.config import MEMORY_MODES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--job", required=True, choices=JOBS,
@@ -300,9 +303,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default 0 = torch's default)")
     parser.add_argument("--image-size", type=int, help="image side in pixels (default: 288 pretrain, 384 vqa/infer)")
     parser.add_argument("--text-len", type=int, help="tokens per text (default: 64 pretrain, 32 vqa/infer)")
-    parser.add_argument("--memory", default="normal", choices=("normal", "low"),
-                        help="training jobs: low = activation checkpointing + the optimizer step inside backward "
-                             "(train.memory low). Default normal")
+    parser.add_argument("--memory", default="normal", choices=MEMORY_MODES,
+                        help="training jobs, as train.memory: lean = activation checkpointing in the two towers; "
+                             "low = checkpointing everywhere + freed memory returned to the OS + the optimizer "
+                             "step inside backward. Default normal")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the transformer blocks (inductor, needs gcc/clang)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

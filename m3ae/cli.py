@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 
+from m3ae.allocator import set_malloc_policy
 from m3ae.errors import M3AEError
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
@@ -32,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("m3ae.embed", "write image, text and joint embeddings of a data set to Parquet"),
     "bench": ("m3ae.bench", "time a pre-training step, a VQA step or inference on this machine (fresh process)"),
 }
+
+
+INFERENCE_COMMANDS = ("evaluate", "predict", "serve", "embed")
+"""Commands that run the model without training: the allocator keeps freed blocks (m3ae.allocator)."""
 
 
 class _LazyHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -63,6 +68,8 @@ def _run_command(name: str, module, args: argparse.Namespace) -> int:
     interrupted), with the traceback only under ``--debug`` or ``M3AE_DEBUG=1``."""
     debug = args.debug or os.environ.get("M3AE_DEBUG", "") not in ("", "0")
     try:
+        if name in INFERENCE_COMMANDS:  # training sets its policy from train.memory
+            set_malloc_policy("keep")
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print(f"m3ae {name}: interrupted", file=sys.stderr)

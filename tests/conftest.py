@@ -9,6 +9,9 @@ import pytest
 # Nothing in the test suite may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Training and inference set a process-wide malloc policy (m3ae.allocator); the suite runs hundreds
+# of them in one process, so it keeps glibc's own (the policies are tested in subprocesses).
+os.environ.setdefault("M3AE_MALLOC", "system")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real VQA-RAD / SLAKE releases live in ../shared/data next to the checkout (CI copies it there).

@@ -25,7 +25,7 @@ FORBIDDEN = {
               "embed", "explain", "viz"},
 }
 # the lowest floor: single files that import nothing of the package but each other
-BASE = {"errors", "guards", "_lazy", "_version", "preprocessing", "hardware", "metrics", "distributed"}
+BASE = {"errors", "guards", "_lazy", "_version", "preprocessing", "hardware", "metrics", "distributed", "allocator"}
 # ``m3ae.models.create_model``: a deprecated alias resolved on attribute access only (with a
 # warning), kept so that old code does not break; the one allowed edge against a floor rule
 DEPRECATED_ALIASES = {("m3ae.models", "m3ae.weights.factory")}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ import torch
 from m3ae.models import M3AE, ModelConfig
 from m3ae.train.config import OptimArgs
 from m3ae.train.loop import train_step
-from m3ae.train.memory import OptimizerInBackward, enable_low_memory, optimizer_in_backward_blockers
+from m3ae.train.memory import (OptimizerInBackward, enable_lean_memory, enable_low_memory,
+                               optimizer_in_backward_blockers)
 from m3ae.train.optim import build_optimizer
 from m3ae.train.tasks import PretrainTask, VQATask
 
@@ -44,15 +46,19 @@ def _model(job: str, dropout: float | None = None) -> M3AE:
 LINEAR_ADAM = OptimArgs(lr=1e-2, eps=1.0, weight_decay=0.01, warmup_steps=0, warmup_ratio=None)
 
 
+@pytest.mark.parametrize("mode", ["lean", "low"])
 @pytest.mark.parametrize("job", ["pretrain", "vqa"])
-def test_low_memory_mode_takes_the_same_steps(job):
-    """Checkpointing + optimizer step inside backward = the normal step (two steps, AdamW state)."""
+def test_memory_modes_take_the_same_steps(job, mode):
+    """Tower checkpointing (lean), or all checkpointing + optimizer step inside backward (low) = the
+    normal step (two steps, AdamW state)."""
     task = PretrainTask() if job == "pretrain" else VQATask()
     normal = _model(job)
     low = copy.deepcopy(normal)
-    enable_low_memory(low)
+    (enable_lean_memory if mode == "lean" else enable_low_memory)(low)
+    checkpointed = [low.vision_encoder.grad_checkpointing, low.fusion.grad_checkpointing]
+    assert checkpointed == ([True, False] if mode == "lean" else [True, True])
     opt_normal, opt_low = build_optimizer(normal, LINEAR_ADAM), build_optimizer(low, LINEAR_ADAM)
-    in_backward = OptimizerInBackward(opt_low)
+    in_backward = OptimizerInBackward(opt_low) if mode == "low" else None
     cpu = torch.device("cpu")
     for step in range(2):
         batch = _batch(job, normal.config, seed=step)
@@ -63,13 +69,50 @@ def test_low_memory_mode_takes_the_same_steps(job):
         assert a.keys() == b.keys()
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
-        trainable = sum(1 for p in low.parameters() if p.requires_grad)
-        assert in_backward.steps == trainable  # every parameter was updated once, from its hook
-        assert all(p.grad is None for p in low.parameters())  # and its gradient freed
+        if in_backward is not None:
+            trainable = sum(1 for p in low.parameters() if p.requires_grad)
+            assert in_backward.steps == trainable  # every parameter was updated once, from its hook
+            assert all(p.grad is None for p in low.parameters())  # and its gradient freed
     for (name, p), q in zip(normal.named_parameters(), low.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
     # the optimizer state is the main optimizer's (what checkpoints save)
     assert len(opt_low.state) == len(opt_normal.state)
+
+
+FREED_PROBE = """
+import json, torch, sys
+from m3ae.allocator import set_malloc_policy
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+note = set_malloc_policy(sys.argv[1]) if sys.argv[1] != "default" else ""
+warm = torch.ones(6 << 20); del warm  # a 24 MiB free: glibc's dynamic mmap threshold rises to 24 MiB
+x = torch.ones(4 << 20); before = rss(); del x  # 16 MiB, touched: by default now on the heap
+print(json.dumps({"note": note, "freed_mib": (before - rss()) / 2**20}))
+"""
+
+
+def _probe(policy: str, **env: str) -> dict:
+    import os
+    import subprocess
+
+    environ = {k: v for k, v in os.environ.items() if k != "M3AE_MALLOC"} | env
+    done = subprocess.run([sys.executable, "-c", FREED_PROBE, policy], capture_output=True, text=True,
+                          check=True, timeout=120, env=environ)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_malloc_policies_keep_or_return_a_freed_block():
+    """A freed 16 MiB activation-sized block: ``return`` (memory low) gives it back to the OS,
+    ``keep`` holds it for the next step, and M3AE_MALLOC=system leaves glibc as it is."""
+    runs = {policy: _probe(policy) for policy in ("default", "keep", "return")}
+    print(runs)
+    assert "returns freed blocks" in runs["return"]["note"] and runs["return"]["freed_mib"] > 12, runs
+    assert "keeps freed blocks" in runs["keep"]["note"] and runs["keep"]["freed_mib"] < 1, runs
+    assert "M3AE_MALLOC=system" in _probe("return", M3AE_MALLOC="system")["note"]
+    from m3ae.allocator import set_malloc_policy
+
+    with pytest.raises(ValueError, match="keep"):
+        set_malloc_policy("hold")
 
 
 def test_low_memory_blockers_name_each_reason():
@@ -84,6 +127,7 @@ def test_train_memory_override_parses_and_rejects_unknown_modes():
 
     cfg = apply_overrides(RunConfig(), ["--train.memory", "low", "--train.compile", "true"])
     assert cfg.train.memory == "low" and cfg.train.compile is True
+    assert apply_overrides(RunConfig(), ["--train.memory", "lean"]).train.memory == "lean"
     with pytest.raises(M3AEError, match="train.memory must be one of"):
         apply_overrides(RunConfig(), ["--train.memory", "tiny"])
 

@@ -24,6 +24,9 @@ from m3ae.models.heads import Pooler, build_heads
 from m3ae.models.text import build_text_encoder, encode_text
 from m3ae.models.vision import VisionTransformer
 
+CHECKPOINT_PARTS = ("vision", "text", "fusion", "decoder")
+"""What `M3AE.set_grad_checkpointing` can recompute: the two towers, the fusion layers, the MIM decoder."""
+
 TEXT_TYPE, IMAGE_TYPE = 0, 1
 """Rows of `modality_embed` added to text and image tokens (upstream `image_token_type_idx=1`)."""
 
@@ -285,24 +288,20 @@ class M3AE(nn.Module):
         """No autograd graph through a frozen tower (nothing to back-propagate into)."""
         return torch.set_grad_enabled(torch.is_grad_enabled() and tower not in self.frozen)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute vision, fusion and decoder block activations in backward to save memory."""
-        self.vision_encoder.grad_checkpointing = enable
-        self.fusion.grad_checkpointing = enable
-        if "mim" in self.heads:
+    def set_grad_checkpointing(self, enable: bool = True, parts: tuple[str, ...] = CHECKPOINT_PARTS) -> None:
+        """Recompute block activations in backward to save memory, in ``parts`` (a subset of
+        `CHECKPOINT_PARTS`: vision, text, fusion, decoder); the other parts are left as they are."""
+        unknown = set(parts) - set(CHECKPOINT_PARTS)
+        if unknown:
+            raise ValueError(f"checkpointing parts must be among {CHECKPOINT_PARTS} (got {sorted(unknown)})")
+        if "vision" in parts:
+            self.vision_encoder.grad_checkpointing = enable
+        if "fusion" in parts:
+            self.fusion.grad_checkpointing = enable
+        if "decoder" in parts and "mim" in self.heads:
             self.heads["mim"].grad_checkpointing = enable
-        # transformers 5 renamed gradient_* to activation_checkpointing_*; accept both
-        text = self.text_encoder
-        if hasattr(text, "activation_checkpointing_enable"):
-            if enable:
-                text.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                text.activation_checkpointing_disable()
-        elif enable:
-            text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            text.gradient_checkpointing_disable()
-
+        if "text" in parts:
+            _set_text_checkpointing(self.text_encoder, enable)
     # ------------------------------------------------------------------ I/O
     def save_pretrained(
         self, directory: str | Path, tokenizer: Any = None, extra: dict[str, Any] | None = None
@@ -332,3 +331,17 @@ class M3AE(nn.Module):
         model = cls(cfg if image_size is None else cfg.with_image_size(image_size))
         io.load_state_dict_checked(model, io.read_state_dict(folder, map_location), source=str(folder))
         return model
+
+
+def _set_text_checkpointing(text: nn.Module, enable: bool) -> None:
+    """Checkpointing in a Hugging Face text tower; transformers 5 renamed gradient_* to
+    activation_checkpointing_*, so accept both."""
+    if hasattr(text, "activation_checkpointing_enable"):
+        if enable:
+            text.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            text.activation_checkpointing_disable()
+    elif enable:
+        text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        text.gradient_checkpointing_disable()

@@ -22,7 +22,7 @@ from m3ae.hardware import autocast_context, resolve_precision, to_device  # noqa
 from m3ae import distributed as D
 from m3ae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from m3ae.train.config import EvalArgs, OptimArgs, TrainArgs
-from m3ae.train.memory import OptimizerInBackward, enable_low_memory, optimizer_in_backward_blockers
+from m3ae.train.memory import OptimizerInBackward, apply_memory_mode, optimizer_in_backward_blockers
 from m3ae.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps_for
 from m3ae.train.runlog import RunLogger
 
@@ -429,19 +429,19 @@ def _apply_speed_options(model: nn.Module, optimizer: torch.optim.Optimizer, tra
     """``train.memory`` and ``train.compile``; returns the in-backward optimizer of ``memory: low``
     (None when the step does not allow it, which is logged and printed with the reasons)."""
     in_backward = None
+    notes = apply_memory_mode(model, train.memory)
     if train.memory == "low":
-        enable_low_memory(model)
         blockers = optimizer_in_backward_blockers(accum=accum, clip_grad_norm=optim.clip_grad_norm,
                                                   scaler=scaler, world_size=D.dist_info().world_size)
         if blockers:
-            note = ("train.memory low: activation checkpointing only; the optimizer step stays after "
-                    "backward because of " + "; ".join(blockers))
+            notes.append("the optimizer step stays after backward because of " + "; ".join(blockers))
             if D.dist_info().is_main:
-                print(note, flush=True)
+                print(f"train.memory low: {notes[-1]}", flush=True)
         else:
             in_backward = OptimizerInBackward(optimizer)
-            note = "train.memory low: activation checkpointing and the optimizer step inside backward"
-        logger.log({"step": step, "memory": train.memory, "memory_note": note}, prefix="run")
+            notes.append("the optimizer step inside backward")
+    note = f"train.memory {train.memory}: " + "; ".join(notes)
+    logger.log({"step": step, "memory": train.memory, "memory_note": note}, prefix="run")
     if train.compile:
         from m3ae.compiling import compile_model
 
