@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from m3ae.weights.io import load_state_dict_checked, read_metadata
 from m3ae.weights.unpickle import Placeholder, RestrictedUnpickler, load_checkpoint_file
 from m3ae.weights.upstream import convert_upstream_state_dict, load_upstream, to_upstream_state_dict
 
-from helpers.upstream import LEFTOVERS, ModelCheckpoint, tiny, write_upstream_ckpt  # noqa: F401
+from helpers.upstream import LEFTOVERS, ModelCheckpoint, pickled_as, tiny, write_upstream_ckpt  # noqa: F401
 
 def inputs(size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
@@ -237,19 +235,10 @@ class AttributeDict(dict):  # stands for Lightning's hparams container, a dict s
 def test_unknown_dict_subclass_keeps_its_items(tmp_path: Path) -> None:
     from m3ae.weights.upstream import _hparams_config
 
-    names = ["pytorch_lightning", "pytorch_lightning.utilities"]
-    fakes = {name: types.ModuleType(name) for name in names}
-    fakes[names[-1]].AttributeDict = AttributeDict
-    AttributeDict.__module__ = names[-1]
-    sys.modules.update(fakes)
-    try:
+    with pickled_as(AttributeDict, "pytorch_lightning.utilities"):
         torch.save(
             {"hyper_parameters": AttributeDict(config=AttributeDict(image_size=288))}, tmp_path / "h.ckpt"
         )
-    finally:
-        for name in names:
-            del sys.modules[name]
-        AttributeDict.__module__ = __name__
     ckpt = load_checkpoint_file(tmp_path / "h.ckpt")
     assert isinstance(ckpt["hyper_parameters"], Placeholder)
     assert _hparams_config(ckpt) == {"image_size": 288}

@@ -302,6 +302,7 @@ class M3AE(nn.Module):
             self.heads["mim"].grad_checkpointing = enable
         if "text" in parts:
             _set_text_checkpointing(self.text_encoder, enable)
+
     # ------------------------------------------------------------------ I/O
     def save_pretrained(
         self, directory: str | Path, tokenizer: Any = None, extra: dict[str, Any] | None = None

@@ -125,18 +125,21 @@ class OptimizerInBackward:
 LEAN_PARTS = ("vision", "text")
 """What ``lean`` checkpoints: the two towers (the largest graphs for the least recompute)."""
 
+
+def _checkpoint(model: nn.Module, **parts: tuple[str, ...]) -> None:
+    set_ckpt = getattr(model, "set_grad_checkpointing", None)  # models without it (toys) are left as they are
+    if set_ckpt is not None:
+        set_ckpt(True, **parts)
+
+
 def enable_low_memory(model: nn.Module) -> None:
     """Activation checkpointing in every tower, the fusion layers and the MIM decoder."""
-    set_ckpt = getattr(model, "set_grad_checkpointing", None)
-    if set_ckpt is not None:
-        set_ckpt(True)
+    _checkpoint(model)
 
 
 def enable_lean_memory(model: nn.Module) -> None:
     """Activation checkpointing in the two towers only (``train.memory: lean``)."""
-    set_ckpt = getattr(model, "set_grad_checkpointing", None)
-    if set_ckpt is not None:
-        set_ckpt(True, parts=LEAN_PARTS)
+    _checkpoint(model, parts=LEAN_PARTS)
 
 
 def apply_memory_mode(model: nn.Module, mode: str) -> list[str]:

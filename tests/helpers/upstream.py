@@ -1,8 +1,10 @@
 """An official-layout (Lightning) M3AE checkpoint of a tiny model, for the importer's tests."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,6 +23,25 @@ LEFTOVERS = {
 def tiny(heads=("mlm", "mim", "itm"), **kw) -> M3AE:
     torch.manual_seed(0)
     return M3AE(ModelConfig.from_name("m3ae-tiny").with_heads(list(heads), **kw)).eval()
+
+
+@contextlib.contextmanager
+def pickled_as(cls: type, module: str) -> Iterator[None]:
+    """Inside, pickle stores ``cls`` by reference as ``module.<name>``: fake modules stand for
+    packages the test machine lacks (pytorch_lightning), just for a save."""
+    parts = module.split(".")
+    names = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    fakes = {name: types.ModuleType(name) for name in names}
+    setattr(fakes[module], cls.__name__, cls)
+    own = cls.__module__
+    cls.__module__ = module
+    sys.modules.update(fakes)
+    try:
+        yield
+    finally:
+        for name in names:
+            del sys.modules[name]
+        cls.__module__ = own
 
 
 class ModelCheckpoint:  # stands for pytorch_lightning's callback class, pickled by reference
@@ -42,16 +63,7 @@ def write_upstream_ckpt(path: Path, model: M3AE, **extra_sd: torch.Tensor) -> Pa
         }
     }
     # pickle stores the class by reference; fake Lightning's modules just for the save
-    names = [
-        "pytorch_lightning",
-        "pytorch_lightning.callbacks",
-        "pytorch_lightning.callbacks.model_checkpoint",
-    ]
-    fakes = {name: types.ModuleType(name) for name in names}
-    fakes[names[-1]].ModelCheckpoint = ModelCheckpoint
-    ModelCheckpoint.__module__ = names[-1]
-    sys.modules.update(fakes)
-    try:
+    with pickled_as(ModelCheckpoint, "pytorch_lightning.callbacks.model_checkpoint"):
         torch.save(
             {
                 "epoch": 3,
@@ -63,8 +75,4 @@ def write_upstream_ckpt(path: Path, model: M3AE, **extra_sd: torch.Tensor) -> Pa
             },
             path,
         )
-    finally:
-        for name in names:
-            del sys.modules[name]
-        ModelCheckpoint.__module__ = __name__
     return path
