@@ -51,8 +51,9 @@ def run_point(side: str, job: str, image: int, text: int, args: argparse.Namespa
     proc = subprocess.run(bench_command(side, job, image, text, args), capture_output=True, text=True, env=env)
     row = {"side": side, "job": job, "image_size": image, "text_len": text}
     if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit code {proc.returncode}"]
-        return {**row, "error": lines[-1][:300]}
+        from m3ae.bench import child_failure
+
+        return {**row, "error": child_failure(proc)[:300]}
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "side": side}
 
 

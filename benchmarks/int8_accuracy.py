@@ -8,7 +8,11 @@ questions and overall accuracy within 1 point of fp32.
 
 Usage:
     python benchmarks/int8_accuracy.py --model runs/vqa_rad/best --data prepared/vqa_rad [--split test]
-        [--batch-size 32] [--threads N] [--json]
+        [--batch-size 32] [--threads N] [--parts vision_encoder text_encoder ...] [--sensitivity] [--json]
+
+``--parts`` quantises only the named submodules (top-level or dotted, e.g. ``fusion.image_layers``);
+``--sensitivity`` also quantises each part with Linear layers alone and reports its agreement, to find the
+layers whose int8 error changes answers.
 
 This is a benchmark, not a test: it asserts nothing, it prints.
 """
@@ -49,28 +53,47 @@ def load_split(model_dir: Path, data_dir: Path, split: str):
     return model, VQATask(image_input=meta.get("image_input", "pixels")), dataset
 
 
-def compare(model_dir: Path, data_dir: Path, split: str = "test", batch_size: int = 32) -> dict:
-    """fp32 and int8 accuracy of one model on one split, and their answer agreement."""
-    from m3ae.quantize import quantize_int8
+KEYS = ("open", "closed", "overall")
+
+
+def compare(model_dir: Path, data_dir: Path, split: str = "test", batch_size: int = 32,
+            parts: tuple[str, ...] | None = None, sensitivity: bool = False) -> dict:
+    """fp32 and int8 accuracy of one model on one split, and their answer agreement.
+
+    With ``sensitivity``, ``report["sensitivity"]`` holds, for each part with Linear layers alone,
+    its agreement with fp32 and its overall accuracy (the model is re-read for each).
+    """
+    from m3ae.quantize import ALL_LINEAR_PARTS, QUANTIZED_PARTS, quantize_int8
     from m3ae.train.evaluation import evaluate_vqa
 
+    parts = tuple(parts or QUANTIZED_PARTS)
     model, task, dataset = load_split(model_dir, data_dir, split)
     t0 = time.perf_counter()
     fp32, fp32_out = evaluate_vqa(model, dataset, batch_size, "fp32", task=task)
     fp32_s = time.perf_counter() - t0
-    quantize_int8(model)
-    t0 = time.perf_counter()
-    int8, int8_out = evaluate_vqa(model, dataset, batch_size, "fp32", task=task)  # int8 runs outside autocast
-    int8_s = time.perf_counter() - t0
-    agreement = 100.0 * float((fp32_out["pred"] == int8_out["pred"]).float().mean())
-    keys = ("open", "closed", "overall")
+
+    def int8_pass(model, quantised: tuple[str, ...]) -> tuple[dict, float, float]:
+        quantize_int8(model, quantised)
+        t0 = time.perf_counter()
+        scores, out = evaluate_vqa(model, dataset, batch_size, "fp32", task=task)  # int8 runs outside autocast
+        same = 100.0 * float((fp32_out["pred"] == out["pred"]).float().mean())
+        return scores, same, time.perf_counter() - t0
+
+    per_part = {}
+    if sensitivity:
+        for part in ALL_LINEAR_PARTS + ("fusion.text_layers", "fusion.image_layers"):
+            scores, same, _ = int8_pass(load_split(model_dir, data_dir, split)[0], (part,))
+            per_part[part] = {"same_answer_pct": same, "overall": scores["overall"]}
+    int8, agreement, int8_s = int8_pass(model, parts)
     report = {
-        "model": str(model_dir), "data": str(data_dir), "split": split, "n": fp32["n"],
+        "model": str(model_dir), "data": str(data_dir), "split": split, "n": fp32["n"], "parts": list(parts),
         "same_answer_pct": agreement,
-        "fp32": {k: fp32[k] for k in keys if k in fp32}, "int8": {k: int8[k] for k in keys if k in int8},
+        "fp32": {k: fp32[k] for k in KEYS if k in fp32}, "int8": {k: int8[k] for k in KEYS if k in int8},
         "overall_gap_points": int8["overall"] - fp32["overall"],
         "fp32_seconds": fp32_s, "int8_seconds": int8_s,
     }
+    if per_part:
+        report["sensitivity"] = per_part
     report["meets_goal"] = (agreement >= GOAL_AGREEMENT and abs(report["overall_gap_points"]) <= GOAL_ACCURACY_GAP)
     return report
 
@@ -80,8 +103,11 @@ def format_report(r: dict) -> str:
     def acc(scores: dict) -> str:
         return ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
 
+    lines = [f"  {part} alone: same answer {v['same_answer_pct']:.2f}%, overall {v['overall']:.2f}"
+             for part, v in r.get("sensitivity", {}).items()]
     return "\n".join([
-        f"{r['model']} on {r['data']} ({r['split']}, {r['n']} questions)",
+        f"{r['model']} on {r['data']} ({r['split']}, {r['n']} questions); int8: {', '.join(r['parts'])}",
+        *(["int8 one part at a time:", *lines] if lines else []),
         f"same answer as fp32: {r['same_answer_pct']:.2f}% (goal >= {GOAL_AGREEMENT:g}%)",
         f"fp32 accuracy: {acc(r['fp32'])}  [{r['fp32_seconds']:.1f} s]",
         f"int8 accuracy: {acc(r['int8'])}  [{r['int8_seconds']:.1f} s]",
@@ -98,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--batch-size", type=int, default=32, help="questions per forward pass")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--parts", nargs="+", default=None,
+                   help="submodules to quantise (default: those --precision int8 quantises)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also quantise each part alone and report its agreement")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = p.parse_args(argv)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = compare(args.model, args.data, args.split, args.batch_size)
+    report = compare(args.model, args.data, args.split, args.batch_size, args.parts, args.sensitivity)
     print(json.dumps(report) if args.json else format_report(report), flush=True)
     return 0
 

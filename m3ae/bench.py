@@ -25,10 +25,11 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from m3ae.errors import M3AEError
 
@@ -68,6 +69,9 @@ class BenchSpec:
     """Activation checkpointing alone (what memory low adds first); for benchmarks/bench_train.py."""
     device: str = "cpu"
     """cpu or cuda."""
+    flops: bool = False
+    """Count the step's model FLOPs (one extra untimed step under torch's FlopCounterMode, on the
+    eager fp32/autocast model before checkpointing, int8 or compile) and report the achieved rate."""
     profile: int = 0
     """Extra steps run under torch.profiler after the timed ones (0 = none); the result gets the
     top ops by self CPU time as ``profile_ops`` (`profile_steps`)."""
@@ -167,7 +171,7 @@ def _step_function(spec: BenchSpec, model, batch: dict, precision: str, device):
         return infer
 
     from m3ae.train.config import OptimArgs
-    from m3ae.train.memory import OptimizerInBackward
+    from m3ae.train.memory import OptimizerInBackward, autocast_weight_cache
     from m3ae.train.optim import build_optimizer
 
     model.train()
@@ -179,7 +183,8 @@ def _step_function(spec: BenchSpec, model, batch: dict, precision: str, device):
 
     def train() -> None:
         train_step(task, model, opt, [batch], step=next(counter), seed=0, precision=precision, device=device,
-                   scaler=scaler, clip_grad_norm=None, in_backward=in_backward)
+                   scaler=scaler, clip_grad_norm=None, in_backward=in_backward,
+                   weight_cache=autocast_weight_cache(spec.memory))
     return train
 
 
@@ -201,6 +206,11 @@ def run_here(spec: BenchSpec) -> dict:
     precision = resolve_inference_precision(spec.precision, device)
     model, batch_size, image, text_len = _build(spec, device)
     n_params = sum(p.numel() for p in model.parameters())
+    batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
+    # before the modes below: model FLOPs (no recomputation), counted on kernels the counter knows
+    # (memory normal: the low mode's step would leave its in-backward hooks and optimizer behind)
+    flop = (count_flops(_step_function(replace(spec, memory="normal"), model, batch, autocast_name(precision), device))
+            if spec.flops else None)
     if spec.grad_checkpointing:
         model.set_grad_checkpointing(True)
     memory_notes = apply_memory_mode(model, spec.memory)
@@ -210,7 +220,6 @@ def run_here(spec: BenchSpec) -> dict:
         from m3ae.compiling import compile_model
 
         compile_model(model)
-    batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
     step = _step_function(spec, model, batch, autocast_name(precision), device)
 
     def sync() -> None:
@@ -242,6 +251,9 @@ def run_here(spec: BenchSpec) -> dict:
         "cpu_bf16": bool(cpu_bf16()), "load_avg": load_start, "load_avg_end": load_avg(),
         "torch": torch.__version__, "memory_notes": memory_notes,
     }
+    if flop is not None:
+        result["gflop_per_step"] = flop / 1e9
+        result["achieved_gflops"] = flop / 1e9 / sec
     if device.type == "cuda":
         result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if spec.profile:  # after the timed steps and the peak RSS: the profiler's own records do not count
@@ -249,11 +261,35 @@ def run_here(spec: BenchSpec) -> dict:
     return result
 
 
+def count_flops(step) -> int:
+    """Floating-point operations of one call of ``step`` (matmuls, convolutions, attention; a
+    multiply-add counts 2), by torch's FlopCounterMode. The call is a real step: a training step
+    updates the weights, which is harmless for a benchmark's random ones."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
 def profile_title(r: dict) -> str:
     """One line naming what a profile measured (job, size, shapes, precision, threads)."""
     return (f"{r['job']} {r['size']}, batch {r['batch']}, {r['image_size']} px, {r['text_len']} tokens, "
             f"{r['precision']}, {r['threads']} thread(s): top {len(r['profile_ops'])} ops by self CPU time, "
             f"{r['profile']} profiled step(s), load avg {r['load_avg']}")
+
+
+def child_failure(proc: subprocess.CompletedProcess) -> str:
+    """Why a benchmark process failed, in one line: the signal that killed it (SIGKILL is nearly
+    always the kernel's out-of-memory killer: a base model at a large image size can outgrow the
+    machine), else the last line it printed."""
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() else "?"
+        hint = " (most likely out of memory: the kernel's OOM killer)" if name == "SIGKILL" else ""
+        return f"killed by signal {-proc.returncode} {name}{hint}"
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit code {proc.returncode}"
 
 
 def run_job(spec: BenchSpec) -> dict:
@@ -266,8 +302,7 @@ def run_job(spec: BenchSpec) -> dict:
     cmd = [sys.executable, "-m", "m3ae.bench", "--child", json.dumps(asdict(spec))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit code {proc.returncode}"]
-        raise M3AEError(f"the {spec.job} benchmark failed: {lines[-1]}")
+        raise M3AEError(f"the {spec.job} benchmark failed: {child_failure(proc)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -278,7 +313,9 @@ def format_result(r: dict) -> str:
     return (f"{r['job']} {r['size']} batch {r['batch']} ({r['image_size']} px, {r['text_len']} tokens), "
             f"{r['precision']}{', ' + extras if extras else ''}: {r['sec_per_step']:.3f} s/step "
             f"(CPU {r['cpu_sec_per_step']:.2f} s), {r['samples_per_s']:.2f} samples/s, peak RSS "
-            f"{r['peak_rss_gib']:.2f} GiB | {r['threads']} thread(s), CPU bf16 {'yes' if r['cpu_bf16'] else 'no'}, "
+            f"{r['peak_rss_gib']:.2f} GiB"
+            + (f", {r['gflop_per_step']:.4g} GFLOP/step = {r['achieved_gflops']:.4g} GFLOP/s" if "gflop_per_step" in r else "")
+            + f" | {r['threads']} thread(s), CPU bf16 {'yes' if r['cpu_bf16'] else 'no'}, "
             f"load avg {r['load_avg']}")
 
 
@@ -310,6 +347,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the transformer blocks (inductor, needs gcc/clang)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--flops", action="store_true",
+                        help="count the step's model FLOPs first (one extra untimed step) and report "
+                             "gflop_per_step and achieved_gflops (GFLOP/s at the median step time)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timed steps, run N more under torch.profiler and print the top "
                              f"{PROFILE_TOP} ops by self CPU time as a Markdown table (default 0 = no profile)")

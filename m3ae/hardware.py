@@ -103,8 +103,9 @@ def resolve_inference_precision(requested: str, device: str | torch.device = "cp
 
         raise M3AEError(f"precision int8 (dynamic quantisation) runs on CPU only, not on {kind}; "
                          "use precision auto, bf16 or fp16 there, or --device cpu")
-    return Precision("int8", "int8 as asked: dynamic int8 Linear layers (weights int8, activations "
-                             "quantised per batch), everything else fp32")
+    return Precision("int8", "int8 as asked: dynamic int8 Linear layers of the vision tower and the "
+                             "fusion (weights int8, activations quantised per batch); the text tower "
+                             "and everything else fp32")
 
 
 def describe() -> str:
@@ -114,15 +115,21 @@ def describe() -> str:
             f"CPU native bf16: {'yes' if cpu_bf16() else 'no'}, load average {load:.2f}")
 
 
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for bf16/fp16 (``auto`` resolved for this device); fp16 needs CUDA (and a GradScaler)."""
+def autocast_context(precision: str, device: torch.device, weight_cache: bool = True
+                     ) -> contextlib.AbstractContextManager:
+    """Autocast for bf16/fp16 (``auto`` resolved for this device); fp16 needs CUDA (and a GradScaler).
+
+    ``weight_cache=False`` casts a weight again at each use instead of keeping its low-precision
+    copy for the whole context: the memory modes of training turn it off (see
+    `m3ae.train.memory.autocast_weight_cache`).
+    """
     precision = resolve_precision(precision, device).name
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
         raise M3AEError("train.precision fp16 needs a CUDA device; use auto on CPU (bf16 where native)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=weight_cache)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

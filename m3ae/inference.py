@@ -106,7 +106,7 @@ class VQAPipeline:
         image_input: "pixels", or "none" for a question-only model.
         precision: an `m3ae.hardware.INFERENCE_PRECISIONS` choice: fp32 (the default, exact), auto
             (bf16 where the hardware runs it natively), bf16, fp16, or int8 (CPU only: the Linear
-            layers are quantised in place, see `m3ae.quantize`).
+            layers of the vision tower and the fusion are quantised in place, see `m3ae.quantize`).
     """
 
     def __init__(self, model: Any, tokenizer: Any, answers: Sequence[str], preprocessing: Preprocessing,

@@ -47,8 +47,8 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
                         help="auto: bf16 where the hardware runs it natively (CUDA with bf16, a CPU with "
-                             "AVX512-BF16/AMX), else fp32; int8: dynamic int8 Linear layers, CPU only, "
-                             "fastest on CPUs with VNNI (no --explain)")
+                             "AVX512-BF16/AMX), else fp32; int8: dynamic int8 Linear layers in the vision tower and the "
+                             "fusion (the text tower stays fp32), CPU only, fastest on CPUs with VNNI (no --explain)")
 
 
 def check_arguments(args: argparse.Namespace) -> str:

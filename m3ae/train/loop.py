@@ -22,7 +22,8 @@ from m3ae.hardware import autocast_context, resolve_precision, to_device  # noqa
 from m3ae import distributed as D
 from m3ae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from m3ae.train.config import EvalArgs, OptimArgs, TrainArgs
-from m3ae.train.memory import OptimizerInBackward, apply_memory_mode, optimizer_in_backward_blockers
+from m3ae.train.memory import (OptimizerInBackward, apply_memory_mode, autocast_weight_cache,
+                               optimizer_in_backward_blockers)
 from m3ae.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps_for
 from m3ae.train.runlog import RunLogger
 
@@ -128,8 +129,11 @@ def train_step(
     scaler: torch.amp.GradScaler | None,
     clip_grad_norm: float | None,
     in_backward: OptimizerInBackward | None = None,
+    weight_cache: bool = True,
 ) -> dict[str, float]:
     """One optimisation step over ``len(micro_batches)`` accumulated micro-batches.
+
+    ``weight_cache``: autocast's weight cache (`autocast_context`); the memory modes turn it off.
 
     With ``in_backward`` (the low-memory mode), the one micro-batch's loss is back-propagated once
     and the optimizer updates each parameter from inside that backward (`OptimizerInBackward`).
@@ -140,7 +144,8 @@ def train_step(
     """
     if in_backward is not None:
         return _train_step_in_backward(task, model, optimizer, micro_batches, step=step, seed=seed,
-                                       precision=precision, device=device, in_backward=in_backward)
+                                       precision=precision, device=device, in_backward=in_backward,
+                                       weight_cache=weight_cache)
     info = D.dist_info()
     accum = len(micro_batches)
     sums: dict[str, float] = {}
@@ -153,7 +158,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(micro_batches):
         torch.manual_seed(micro_seed(seed, step, i * info.world_size + info.rank))
-        with autocast_context(precision, device):
+        with autocast_context(precision, device, weight_cache):
             losses = task.forward_backward(model, to_device(batch, device), scale)
         for name, value in losses.items():
             v = float(value.detach().float())
@@ -179,7 +184,7 @@ def train_step(
 def _train_step_in_backward(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,
                             micro_batches: list[dict[str, torch.Tensor]], *, step: int, seed: int,
                             precision: str, device: torch.device,
-                            in_backward: OptimizerInBackward) -> dict[str, float]:
+                            in_backward: OptimizerInBackward, weight_cache: bool) -> dict[str, float]:
     """`train_step` with the update inside backward: one micro-batch, one backward, no clipping.
 
     The loss is checked *before* backward, so a NaN/inf loss still leaves the weights untouched.
@@ -188,7 +193,7 @@ def _train_step_in_backward(task: Task, model: nn.Module, optimizer: torch.optim
         raise M3AEError(f"the optimizer step inside backward takes one micro-batch, got {len(micro_batches)}")
     optimizer.zero_grad(set_to_none=True)
     torch.manual_seed(micro_seed(seed, step, D.dist_info().rank))
-    with autocast_context(precision, device):
+    with autocast_context(precision, device, weight_cache):
         losses = task.losses_one_graph(model, to_device(micro_batches[0], device))
     stats = {name: float(value.detach().float()) for name, value in losses.items()}
     if not all(math.isfinite(v) for v in stats.values()):
@@ -340,6 +345,7 @@ class _Run:
                 self.task, self.model, self.optimizer, window, step=state.step, seed=self.train.seed,
                 precision=self.precision.name, device=self.device, scaler=self.scaler,
                 clip_grad_norm=self.optim.clip_grad_norm, in_backward=self.in_backward,
+                weight_cache=autocast_weight_cache(self.train.memory),
             )
             if stats.pop("nonfinite", 0.0):
                 last = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
