@@ -61,8 +61,10 @@ def compare(model_dir: Path, data_dir: Path, split: str = "test", batch_size: in
     """fp32 and int8 accuracy of one model on one split, and their answer agreement.
 
     With ``sensitivity``, ``report["sensitivity"]`` holds, for each part with Linear layers alone,
-    its agreement with fp32 and its overall accuracy (the model is re-read for each).
+    its agreement with fp32 and its overall accuracy (the weights are re-read for each; the data
+    and the fp32 answers are the same throughout).
     """
+    from m3ae.models import M3AE
     from m3ae.quantize import ALL_LINEAR_PARTS, QUANTIZED_PARTS, quantize_int8
     from m3ae.train.evaluation import evaluate_vqa
 
@@ -82,7 +84,7 @@ def compare(model_dir: Path, data_dir: Path, split: str = "test", batch_size: in
     per_part = {}
     if sensitivity:
         for part in ALL_LINEAR_PARTS + ("fusion.text_layers", "fusion.image_layers"):
-            scores, same, _ = int8_pass(load_split(model_dir, data_dir, split)[0], (part,))
+            scores, same, _ = int8_pass(M3AE.from_pretrained(model_dir), (part,))
             per_part[part] = {"same_answer_pct": same, "overall": scores["overall"]}
     int8, agreement, int8_s = int8_pass(model, parts)
     report = {

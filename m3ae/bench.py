@@ -22,6 +22,7 @@ ops by self CPU time (a Markdown table).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -70,8 +71,9 @@ class BenchSpec:
     device: str = "cpu"
     """cpu or cuda."""
     flops: bool = False
-    """Count the step's model FLOPs (one extra untimed step under torch's FlopCounterMode, on the
-    eager fp32/autocast model before checkpointing, int8 or compile) and report the achieved rate."""
+    """After the timed steps, count the step's model FLOPs (one more step, under torch's
+    FlopCounterMode, on a fresh eager model without checkpointing, int8 or compile) and report the
+    achieved rate (`model_flops`)."""
     profile: int = 0
     """Extra steps run under torch.profiler after the timed ones (0 = none); the result gets the
     top ops by self CPU time as ``profile_ops`` (`profile_steps`)."""
@@ -206,11 +208,6 @@ def run_here(spec: BenchSpec) -> dict:
     precision = resolve_inference_precision(spec.precision, device)
     model, batch_size, image, text_len = _build(spec, device)
     n_params = sum(p.numel() for p in model.parameters())
-    batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
-    # before the modes below: model FLOPs (no recomputation), counted on kernels the counter knows
-    # (memory normal: the low mode's step would leave its in-backward hooks and optimizer behind)
-    flop = (count_flops(_step_function(replace(spec, memory="normal"), model, batch, autocast_name(precision), device))
-            if spec.flops else None)
     if spec.grad_checkpointing:
         model.set_grad_checkpointing(True)
     memory_notes = apply_memory_mode(model, spec.memory)
@@ -220,6 +217,7 @@ def run_here(spec: BenchSpec) -> dict:
         from m3ae.compiling import compile_model
 
         compile_model(model)
+    batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
     step = _step_function(spec, model, batch, autocast_name(precision), device)
 
     def sync() -> None:
@@ -251,22 +249,32 @@ def run_here(spec: BenchSpec) -> dict:
         "cpu_bf16": bool(cpu_bf16()), "load_avg": load_start, "load_avg_end": load_avg(),
         "torch": torch.__version__, "memory_notes": memory_notes,
     }
-    if flop is not None:
-        result["gflop_per_step"] = flop / 1e9
-        result["achieved_gflops"] = flop / 1e9 / sec
     if device.type == "cuda":
         result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if spec.profile:  # after the timed steps and the peak RSS: the profiler's own records do not count
         result["profile_ops"] = profile_steps(step, spec.profile, sync)
+    if spec.flops:  # after the peaks too: the counting step is a normal-mode one on another model
+        del step, model
+        gc.collect()  # the low mode's in-backward hooks make reference cycles with the optimizer
+        flop = model_flops(spec, precision, device)
+        result["gflop_per_step"] = flop / 1e9
+        result["achieved_gflops"] = flop / 1e9 / sec
     return result
 
 
-def count_flops(step) -> int:
-    """Floating-point operations of one call of ``step`` (matmuls, convolutions, attention; a
-    multiply-add counts 2), by torch's FlopCounterMode. The call is a real step: a training step
-    updates the weights, which is harmless for a benchmark's random ones."""
+def model_flops(spec: BenchSpec, precision, device) -> int:
+    """Floating-point operations of one step of ``spec`` (matmuls, convolutions, attention; a
+    multiply-add counts 2), by torch's FlopCounterMode, on a fresh eager model in memory normal:
+    model FLOPs, without the recomputation of checkpointing, and on kernels the counter knows
+    (int8 counts as the fp32 maths it stands for; compiled graphs would hide their ops). The
+    counted call is a real step: a training step updates the random weights, which is harmless."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from m3ae.quantize import autocast_name
+
+    model, batch_size, _, text_len = _build(spec, device)
+    batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
+    step = _step_function(replace(spec, memory="normal"), model, batch, autocast_name(precision), device)
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -348,8 +356,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the transformer blocks (inductor, needs gcc/clang)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--flops", action="store_true",
-                        help="count the step's model FLOPs first (one extra untimed step) and report "
-                             "gflop_per_step and achieved_gflops (GFLOP/s at the median step time)")
+                        help="after the timed steps, count the step's model FLOPs (one more step on a fresh "
+                             "eager model) and report gflop_per_step and achieved_gflops (GFLOP/s at the "
+                             "median step time)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timed steps, run N more under torch.profiler and print the top "
                              f"{PROFILE_TOP} ops by self CPU time as a Markdown table (default 0 = no profile)")
