@@ -116,8 +116,9 @@ def embed_batch(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
     from m3ae.tasks.base import fuse
 
     joint = fuse(model, text, batch["attention_mask"], image).cls_feats
-    return {"image_embedding": model.project_dual(image.embeds[:, 0], "image"),
-            "text_embedding": model.project_dual(text[:, 0], "text"), "joint_embedding": joint.float()}
+    text_summary = model.tower_summary(text, batch["attention_mask"])  # [B, D]
+    return {"image_embedding": model.project_dual(model.tower_summary(image.embeds), "image"),
+            "text_embedding": model.project_dual(text_summary, "text"), "joint_embedding": joint.float()}
 
 
 def _record_batch(rows: list[Example], feats: dict[str, torch.Tensor]) -> Any:

@@ -170,3 +170,21 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
     return mean, math.sqrt(var)
+
+
+def effective_rank(features: Any) -> float:
+    """Effective rank of a feature matrix (Roy and Vetterli, 2007): exp of the Shannon entropy of its
+    normalised singular values, after centring each feature. [N, D] -> a number in [1, min(N, D)].
+
+    It counts how many directions the features really use: a representation that folds into a few
+    directions (a collapsing encoder) scores low whatever its width.
+    """
+    x = _as_numpy(features, "features").astype(np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise M3AEError(f"effective_rank needs an [N, D] matrix with N >= 2, got shape {x.shape}")
+    s = np.linalg.svd(x - x.mean(axis=0, keepdims=True), compute_uv=False)
+    if s.sum() <= 0:
+        return 1.0  # every row the same: one direction at most
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(math.exp(-(p * np.log(p)).sum()))

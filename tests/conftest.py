@@ -78,7 +78,8 @@ def _task_batch(task: str, model, seed: int = 0, false_texts: int = 2) -> dict:
         mlm_ids[:, 2] = 50264  # <mask>
         batch.update(mlm_input_ids=mlm_ids, mlm_labels=labels, image_noise=torch.rand(B, n, generator=g),
                      itm_labels=torch.tensor([1, 0, 1, 0]),
-                     itm_pixel_values=torch.randn(B, 3, size, size, generator=g))
+                     itm_pixel_values=torch.randn(B, 3, size, size, generator=g),
+                     itm_noise=torch.rand(B, 2, generator=g))
     elif task == "vqa":
         batch["vqa_targets"] = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 4]), 5).float()
     elif task == "cls":

@@ -50,6 +50,7 @@ EXPECTED_SHAPES = {
         "image_noise": (2, 16),
         "itm_labels": (2,),
         "itm_pixel_values": (2, 3, 32, 32),
+        "itm_noise": (2, 2),
     },
     "vqa": {
         "pixel_values": (2, 3, 32, 32),

@@ -83,3 +83,16 @@ def test_classification_accuracy_and_macro_f1():
 def test_mean_sd():
     assert mean_sd([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
     assert mean_sd([5.0]) == (5.0, 0.0)
+
+
+def test_effective_rank_counts_the_directions_used():
+    from m3ae.metrics import effective_rank
+
+    g = np.random.default_rng(0)
+    spread = np.linalg.qr(g.normal(size=(64, 16)))[0] * 10  # 16 orthogonal directions, equal weight
+    assert effective_rank(spread) == pytest.approx(16, rel=0.1)
+    folded = g.normal(size=(64, 1)) @ g.normal(size=(1, 16)) + 1e-6 * g.normal(size=(64, 16))
+    assert effective_rank(folded) < 1.1
+    assert effective_rank(np.ones((8, 4))) == 1.0  # identical rows
+    with pytest.raises(M3AEError, match="N >= 2"):
+        effective_rank(np.ones((1, 4)))

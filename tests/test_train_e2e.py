@@ -59,6 +59,12 @@ def test_pretrain_cli_runs_and_writes_the_run_folder(data, tmp_path):
     assert (out / "checkpoints" / "latest.json").is_file()
     card = (out / "best/README.md").read_text()
     assert "This model is **not** a medical device" in card and "clinical decision" in card
+    import json
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["kind"] == "val"]
+    # validated before the first step (the feature-health reference) and at the end
+    assert val and val[0]["step"] == 0 and val[-1]["step"] == 2, records
+    assert all({"feature_rank", "itm_acc"} <= set(r) for r in val), val[0]
 
 
 def test_pretrain_on_two_folders_concatenates_their_examples(data, tmp_path):

@@ -36,6 +36,7 @@ def pretrain_batch(model: M3AE, seed: int = 0) -> dict[str, torch.Tensor]:
         "image_noise": torch.rand(B, n, generator=g),
         "itm_labels": torch.tensor([1, 0, 1, 0]),
         "itm_pixel_values": torch.randn(B, 3, size, size, generator=g),
+        "itm_noise": torch.rand(B, 2, generator=g),
     }
 
 
@@ -124,6 +125,57 @@ def test_transformer_text_decoder_ignores_padding():
     z = x.clone()
     z[1, 5] = torch.randn(model.config.width)  # a real token differs: the others' logits follow
     assert not torch.allclose(head(x, mask)[1, 0], head(z, mask)[1, 0])
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_itc_and_hard_negatives_keep_per_pass_backward_exact(pooling):
+    """ITC + in-batch hard ITM negatives: per-pass backward equals one backward of the summed loss,
+    every parameter (the ITC projections and temperature included) gets a gradient."""
+    import dataclasses
+    torch.manual_seed(0)
+    model = M3AE(dataclasses.replace(ModelConfig.from_name("m3ae-tiny").with_heads(["mlm", "mim", "itm", "itc"]),
+                                     pooling=pooling))
+    model.eval()
+    batch = pretrain_batch(model)
+    batch["input_ids"][3] = batch["input_ids"][1]  # two rows share a text: never each other's negative
+    batch["attention_mask"][3] = batch["attention_mask"][1]
+    task = PretrainTask(itc_weight=0.5, itm_negatives="hard")
+    reference = task.losses(model, batch)
+    reference["loss"].backward()
+    want = grads(model)
+    model.zero_grad(set_to_none=True)
+    got_losses = task.forward_backward(model, batch, lambda loss: loss)
+    got = grads(model)
+    assert set(got) == set(want) == {n for n, p in model.named_parameters() if p.requires_grad}
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("loss", "mlm_loss", "mim_loss", "itm_loss", "itc_loss", "itm_acc"):
+        torch.testing.assert_close(got_losses[key], reference[key].detach())
+    one_graph = task.losses_one_graph(model, batch)
+    torch.testing.assert_close(one_graph["loss"], reference["loss"])
+
+
+def test_hard_negatives_never_pair_equal_texts():
+    from m3ae.tasks.pretrain import draw_negatives, same_text
+
+    ids = torch.tensor([[0, 5, 2], [0, 6, 2], [0, 5, 2], [0, 7, 2]])
+    excluded = same_text(ids)
+    assert excluded.tolist() == [[True, False, True, False], [False, True, False, False],
+                                 [True, False, True, False], [False, False, False, True]]
+    logits = torch.zeros(4, 4)
+    logits[0, 2] = 50.0  # by far the most similar candidate of row 0, but it holds the same text
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        index, valid = draw_negatives(logits, excluded, torch.rand(4, generator=g))
+        assert valid.all() and not excluded[torch.arange(4), index].any()
+    # the draw follows the softmax: a candidate 50 logits above the others is (almost) always taken
+    logits = torch.zeros(4, 4)
+    logits[0, 3] = 50.0
+    picks = [int(draw_negatives(logits, excluded, torch.rand(4, generator=g))[0][0]) for _ in range(50)]
+    assert picks.count(3) == 50
+    # a batch of one text has no negative: the rows are marked invalid (their ITM label is ignored)
+    same = same_text(torch.tensor([[0, 5, 2]] * 3))
+    assert not draw_negatives(torch.zeros(3, 3), same, torch.rand(3, generator=g))[1].any()
 
 
 def test_pretrain_batch_missing_key_is_a_clear_error():
@@ -323,3 +375,19 @@ def test_frozen_text_tower_gets_no_gradient_and_no_dropout():
     assert model.text_proj.weight.grad is not None and model.vision_encoder.patch_embed.weight.grad is not None
     with pytest.raises(ValueError):
         model.freeze("fusion")
+
+
+def test_feature_health_warns_when_the_rank_halves(monkeypatch):
+    """The first evaluation's effective rank is the reference; a later one under half of it warns."""
+    import m3ae.tasks.pretrain as pretrain
+
+    ranks = iter([16.0, 9.0, 7.5])
+    monkeypatch.setattr(pretrain, "evaluate_pretrain", lambda *a, **k: {"loss": 1.0, "feature_rank": next(ranks)})
+    task, args = PretrainTask(), type("Args", (), {"batch_size": 4})()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task.evaluate(None, None, args, "fp32")  # the start
+        task.evaluate(None, None, args, "fp32")  # 9.0 >= 8.0: fine
+    with pytest.warns(UserWarning, match="fell from 16.0 to 7.5"):
+        task.evaluate(None, None, args, "fp32")

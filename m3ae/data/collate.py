@@ -53,7 +53,7 @@ class ExampleSpec:
 _CAPTIONS = ("pretrain", "irtr")  # caption folders feed both pre-training and retrieval
 EXAMPLES: dict[str, ExampleSpec] = {spec.name: spec for spec in (
     ExampleSpec("pretrain", ("pixel_values", "input_ids", "attention_mask", "mlm_input_ids", "mlm_labels",
-                             "image_noise", "itm_labels", "itm_pixel_values"), _CAPTIONS, needs_mlm=True),
+                             "image_noise", "itm_labels", "itm_pixel_values", "itm_noise"), _CAPTIONS, needs_mlm=True),
     ExampleSpec("vqa", ("pixel_values", "input_ids", "attention_mask", "vqa_targets", "vqa_labels",
                         "answer_type", "question_id"), ("vqa",), needs_answers=True, targets=_vqa_batch_targets),
     ExampleSpec("cls", ("pixel_values", "input_ids", "attention_mask", "labels"), ("cls",)),

@@ -225,6 +225,9 @@ class M3AEDataset(Dataset):
             "image_noise": image_noise,
             "itm_labels": itm_label,
             "itm_pixel_values": itm_pixel_values,
+            # drawn last, so the draws above are those of earlier versions: drives the choice of
+            # in-batch hard negatives (task.itm_negatives "hard"), one number per direction
+            "itm_noise": torch.rand(2, generator=gen),
         }
 
     def _item_irtr(self, index: int, gen: torch.Generator) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Image-text matching: logits [B, 2], labels [B] (1 = matched pair)."""
+    """Image-text matching: logits [B, 2], labels [B] (1 = matched pair, -100 = ignored)."""
     return F.cross_entropy(logits.float(), labels.long())
 
 

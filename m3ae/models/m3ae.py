@@ -212,7 +212,7 @@ class M3AE(nn.Module):
 
     # ------------------------------------------------------------------ dual encoder (no fusion)
     def project_dual(self, cls_token: torch.Tensor, stream: str) -> torch.Tensor:
-        """A stream's CLS token before fusion -> its unit-norm dual-encoder embedding [B, D].
+        """A stream's summary before fusion (`tower_summary`) -> its unit-norm dual-encoder embedding [B, D].
 
         With an ``itc`` head (trained by the contrastive loss) this is its projection; without
         one, the normalised CLS token itself (usable, but never trained to align the modalities).
@@ -221,13 +221,25 @@ class M3AE(nn.Module):
             return self.heads["itc"](cls_token, stream)
         return torch.nn.functional.normalize(cls_token.float(), dim=-1)
 
+    def tower_summary(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One vector per example from a tower's projected tokens, before fusion, pooled as the
+        poolers are (``config.pooling``): the first token ("cls") or the mean of the real tokens
+        ("mean"; ``mask`` [B, N], 1 = real, None = all). [B, N, D] -> [B, D]. What ITC compares."""
+        if self.config.pooling == "cls":
+            return tokens[:, 0]
+        if mask is None:
+            return tokens.mean(dim=1)
+        weights = mask.to(tokens.dtype).unsqueeze(-1)  # [B, N, 1]
+        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image embeddings from the vision tower alone: [B, C, H, W] -> [B, D], unit norm."""
-        return self.project_dual(self.embed_image(pixel_values).embeds[:, 0], "image")
+        return self.project_dual(self.tower_summary(self.embed_image(pixel_values).embeds), "image")
 
     def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text embeddings from the text tower alone: [B, L_t] -> [B, D], unit norm."""
-        return self.project_dual(self.embed_text(input_ids, attention_mask)[:, 0], "text")
+        return self.project_dual(self.tower_summary(self.embed_text(input_ids, attention_mask), attention_mask),
+                                 "text")
 
     def mim_features(self, out: EncoderOutput) -> torch.Tensor:
         """The image-stream features the MIM decoder reads: `out.image_hidden[config.mim_layer]`."""

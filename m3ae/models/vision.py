@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from m3ae.errors import M3AEError
 from m3ae.models.config import VisionConfig
 from m3ae.models.fusion import attention
-from m3ae.models.masking import random_masking
+from m3ae.models.masking import random_masking, sincos_pos_embed_2d
 
 
 class LayerNormFp32(nn.LayerNorm):
@@ -121,7 +121,10 @@ class VisionTransformer(nn.Module):
         d, n = self.cfg.width, self.cfg.layers
         scale = d**-0.5
         nn.init.normal_(self.class_embedding, std=scale)
-        nn.init.normal_(self.pos_embed, std=scale)
+        if self.cfg.pos_init == "sincos":
+            self.pos_embed.copy_(sincos_pos_embed_2d(d, self.cfg.grid, cls_token=True))
+        else:
+            nn.init.normal_(self.pos_embed, std=scale)
         for block in self.blocks:
             nn.init.normal_(block.attn.in_proj.weight, std=scale)
             nn.init.zeros_(block.attn.in_proj.bias)

@@ -101,8 +101,8 @@ class ContrastiveRetrievalTask(RetrievalTask):
         image = model.embed_image(batch["pixel_values"]).embeds  # [B, 1+L_i, D]
         irtr = L.retrieval_loss(self.scores(model, batch, image))
         ids, mask = batch["input_ids"][:, 0], batch["attention_mask"][:, 0]  # true captions [B, L_t]
-        text_cls = model.embed_text(ids, mask)[:, 0]  # [B, D]
-        itc = L.itc_loss(model.project_dual(image[:, 0], "image"), model.project_dual(text_cls, "text"),
+        text = model.tower_summary(model.embed_text(ids, mask), mask)  # [B, D]
+        itc = L.itc_loss(model.project_dual(model.tower_summary(image), "image"), model.project_dual(text, "text"),
                          model.heads["itc"].logit_scale)
         return {"loss": irtr + self.itc_weight * itc, "irtr_loss": irtr, "itc_loss": itc}
 
@@ -188,7 +188,8 @@ def dual_embeddings(model: nn.Module, images: Dataset, texts: Dataset, image_bat
             tb = to_device(tb, device)
             with autocast_context(precision, device):
                 text = model.embed_text(tb["input_ids"], tb["attention_mask"])  # [b, L_t, D]
-                text_parts.append(model.project_dual(text[:, 0], "text").float().cpu())
+                summary = model.tower_summary(text, tb["attention_mask"])  # [b, D]
+                text_parts.append(model.project_dual(summary, "text").float().cpu())
             text_batches.append((text, tb["attention_mask"]))
         for ib in DataLoader(images, batch_size=image_batch, collate_fn=getattr(images, "collate_fn", None)):
             with autocast_context(precision, device):

@@ -126,8 +126,13 @@ class TaskArgs:
     """VQA: "paper" (BCE x answers, as the original) or "ce" (softmax cross-entropy over answers;
     learns much faster in few epochs, see docs/learning.md)."""
     itc_weight: float = 0.0
-    """Retrieval: weight of an added image-text contrastive loss (ALBEF's ITC) on the towers; > 0 builds
-    heads.itc, the dual encoder that two-stage retrieval ranks with (0 = the original's loss only)."""
+    """Retrieval and pre-training: weight of an added image-text contrastive loss (ALBEF's ITC) on the
+    towers; > 0 builds heads.itc, the dual encoder that two-stage retrieval ranks with and that hard ITM
+    negatives are drawn by (0 = the original's losses only)."""
+    itm_negatives: str = "random"
+    """Pre-training: where ITM's mismatched pairs come from: "random" (the original: another image
+    for half of the texts), "batch" (in-batch negatives, one per text and one per image, never one whose
+    text equals the anchor's) or "hard" (the same, drawn by ITC similarity, as ALBEF)."""
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
@@ -139,8 +144,10 @@ class TaskArgs:
         from m3ae.tasks import get_task
 
         if self.itc_weight < 0 or (self.itc_weight and "itc_weight" not in get_task(self.name).options):
-            raise M3AEError(f"task.itc_weight must be >= 0 and applies to irtr only (got {self.itc_weight} "
-                            f"for {self.name!r})")
+            raise M3AEError(f"task.itc_weight must be >= 0 and applies to irtr and pretrain only (got "
+                            f"{self.itc_weight} for {self.name!r})")
+        if self.itm_negatives not in ("random", "batch", "hard"):
+            raise M3AEError(f"task.itm_negatives must be random, batch or hard (got {self.itm_negatives!r})")
 
 
 @dataclass

@@ -325,6 +325,9 @@ class _Run:
         D.broadcast_parameters(self.model)
         self.progress = _progress(self.total, self.state.step, enabled=self.info.is_main and self.train.progress)
         self.model.train()
+        if self.state.step == 0 and getattr(self.task, "pretraining", False):
+            # pre-training is judged against its start (the feature-health figure needs one)
+            self.last_metrics = self.validate()
         self.t_last, self.steps_since = time.perf_counter(), 0
 
     # ------------------------------------------------------------------ one epoch
