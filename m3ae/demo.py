@@ -105,8 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scaled down to fit the budget); fixes the length, no budget scaling")
     parser.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
                         help="wall-time budget of the whole demo: a few timed steps measure this machine, then "
-                             f"pre-training and fine-tuning are shortened (never below {MIN_SCALE:.0%}% of the "
-                             "default lengths, the same for every row) to fit; 0 = no budget")
+                             "pre-training and fine-tuning are shortened (never below "
+                             f"{MIN_SCALE:.0%}% of the default lengths, the same for every row) to fit; "
+                             "0 = no budget")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the split, initialisation and data order")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,

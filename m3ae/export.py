@@ -137,7 +137,8 @@ def _write_limit(path: Path, limit: int) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, LIMIT_KEY: str(limit)})
+    props = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(proto, {**props, LIMIT_KEY: str(limit)})
     onnx.save(proto, str(path))
 
 
@@ -165,7 +166,8 @@ def run_graph(session, pixel_values, input_ids, attention_mask):
 
 @torch.no_grad()
 def check_parity(model: nn.Module, graph: str, path: str | Path, text_len: int,
-                 batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES, text_lens: tuple[int, ...] | None = None) -> float:
+                 batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
+                 text_lens: tuple[int, ...] | None = None) -> float:
     """Largest |onnxruntime - torch| over fresh inputs (not the export inputs) at each batch size
     and text length (default `parity_lengths`: shorter, equal and longer than ``text_len``, and
     the position table's limit)."""
@@ -234,9 +236,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, graphs: tuple[str, .
     size = model.config.vision.image_size
     width = {"vqa": model.config.num_answers, "encoder": 2 * model.config.width}
     limit = max_text_len_of(model)
+    text_shape = ["batch", "text_len"]
     report = ExportReport(graphs={}, max_abs_diff={}, max_text_len=limit,
-                          inputs={"pixel_values": ["batch", 3, size, size], "input_ids": ["batch", "text_len"],
-                                  "attention_mask": ["batch", "text_len"]},
+                          inputs={"pixel_values": ["batch", 3, size, size], "input_ids": text_shape,
+                                  "attention_mask": text_shape},
                           outputs={OUTPUT_NAMES[g]: ["batch", width[g]] for g in graphs})
     if check:
         report.checked_text_lens = list(parity_lengths(text_len, limit))

@@ -225,8 +225,9 @@ def plot_training_curves(logs: Mapping[str, str | Path], path: str | Path, x_key
     columns = max(1, min(CURVE_COLUMNS, len(runs)))
     rows = max(1, math.ceil(len(runs) / columns))
     spare = rows * columns > len(runs)
+    legend_inches = 0 if spare else 0.6  # a row for the legend below the grid when no cell is free
     fig, axes = plt.subplots(rows, columns, squeeze=False, sharey=True,
-                             figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows + (0 if spare else 0.6)))
+                             figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows + legend_inches))
     cells = list(axes.flat)
     log_scale = _log_loss_axis(runs)
     for i, (ax, (name, series)) in enumerate(zip(cells, runs.items())):
@@ -238,10 +239,11 @@ def plot_training_curves(logs: Mapping[str, str | Path], path: str | Path, x_key
     handles = [plt.Line2D([], [], color=colours[k], linestyle="--" if "loss" not in k else "-",
                           marker="o" if "loss" not in k else None, markersize=3, label=k) for k in names]
     if handles and spare:  # the empty cell is the legend's
-        cells[-1].legend(handles=handles, loc="center", fontsize=9, title="series (dashed: accuracy, right axis)")
+        cells[-1].legend(handles=handles, loc="center", fontsize=9,
+                         title="series (dashed: accuracy, right axis)")
     elif handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0 if spare else 0.6 / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     return _save(fig, path)
 
 

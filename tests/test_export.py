@@ -30,7 +30,8 @@ def test_export_writes_both_graphs_within_tolerance(exported):
     tmp, _ = exported
     report = json.loads((tmp / "out" / "export.json").read_text())
     assert report["graphs"] == {"vqa": "vqa.onnx", "encoder": "encoder.onnx"}
-    assert report["inputs"]["input_ids"] == ["batch", "text_len"] and report["outputs"]["cls_feats"] == ["batch", 64]
+    assert report["inputs"]["input_ids"] == ["batch", "text_len"]
+    assert report["outputs"]["cls_feats"] == ["batch", 64]
     # m3ae-tiny: 66 position rows, RoBERTa numbers them from pad_token_id + 1 = 2 -> 64 tokens
     assert report["max_text_len"] == 64 and report["checked_text_lens"] == [3, 12, 24, 64]
     assert report["checked_batch_sizes"] == [1, 3]
@@ -43,7 +44,8 @@ def test_graph_declares_symbolic_batch_and_text_axes_and_its_limit(exported, gra
 
     tmp, _ = exported
     proto = onnx.load(str(tmp / "out" / f"{graph}.onnx"))
-    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in proto.graph.input}
     assert isinstance(dims["input_ids"][0], str) and isinstance(dims["input_ids"][1], str)
     assert dims["attention_mask"][:2] == dims["input_ids"][:2] and dims["pixel_values"][1:] == [3, 32, 32]
     assert {p.key: p.value for p in proto.metadata_props}["max_text_len"] == "64"

@@ -142,8 +142,9 @@ def _drop_empty_answers(examples: list[RawExample], issues: Issues) -> list[RawE
         if str(ex.answer).strip():
             kept.append(ex)
         else:
-            issues.known_quirk(ex.split, "empty_answer", f"{ex.where}: empty answer, dropped "
-                               "(a known quirk of the official release; the clean protocol has no empty class)")
+            issues.known_quirk(ex.split, "empty_answer",
+                               f"{ex.where}: empty answer, dropped (a known quirk of the official "
+                               "release; the clean protocol has no empty class)")
     return kept
 
 
