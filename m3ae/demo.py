@@ -105,8 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scaled down to fit the budget); fixes the length, no budget scaling")
     parser.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
                         help="wall-time budget of the whole demo: a few timed steps measure this machine, then "
-                             f"pre-training and fine-tuning are shortened (never below {MIN_SCALE:.0%} of the "
-                             "default lengths, the same for every row) to fit; 0 = no budget")
+                             "pre-training and fine-tuning are shortened (never below "
+                             f"{MIN_SCALE:.0%}% of the default lengths, the same for every row) to fit; "
+                             "0 = no budget")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the split, initialisation and data order")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -289,26 +290,36 @@ def time_steps(cfg: dict[str, Any], data_dir: Path, steps: int = 3) -> float:
     return statistics.median(times[1:]) + data_seconds
 
 
-def faster_precision(sizes: DemoSizes, dirs: dict[str, Path], text_dir: Path, seed: int) -> DemoSizes:
+def faster_precision(sizes: DemoSizes, dirs: dict[str, Path], text_dir: Path, seed: int
+                     ) -> tuple[DemoSizes, dict[str, float] | None]:
     """Where bf16 is native, time a fine-tuning step in bf16 and in fp32 and keep the faster.
 
     Native bf16 is not always faster at the demo's small widths, where autocast's casts weigh against
     the cheaper matrix products: on one CPU with AMX, a profile under load gave 1.46 s per step in bf16
     and 0.78 s in fp32, while the idle demo run measured 0.57 s and 0.76 s. So it is measured, not assumed.
+    Returns the sizes with the faster precision, and the seconds per step of each (None: not timed).
     """
     from m3ae.hardware import resolve_precision
 
     if resolve_precision(sizes.precision, "cpu").name != "bf16":
-        return sizes
+        return sizes, None
     seconds = {}
     for precision in ("bf16", "fp32"):
         candidate = dataclasses.replace(sizes, precision=precision)
         seconds[precision] = time_steps(finetune_config(candidate, seed, text_dir, pretrained=None), dirs["vqa"],
                                         steps=2)
-    chosen = min(seconds, key=seconds.get)
-    print(f"precision: native bf16 {seconds['bf16']:.2f} s vs fp32 {seconds['fp32']:.2f} s per fine-tuning step "
-          f"on this machine; using {chosen}")
-    return dataclasses.replace(sizes, precision=chosen)
+    return dataclasses.replace(sizes, precision=min(seconds, key=seconds.get)), seconds
+
+
+def demo_precision(requested: str, chosen: str, seconds: dict[str, float] | None) -> Any:
+    """The precision the demo runs, with one reason that says what was measured and what was chosen."""
+    from m3ae.hardware import Precision, resolve_precision
+
+    if seconds is None:
+        return resolve_precision(chosen, "cpu")
+    timed = ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
+    return Precision(chosen, f"{requested}: this CPU has native bf16, so a fine-tuning step was timed in "
+                             f"each ({timed}); {chosen} is faster here")
 
 
 def measure_costs(sizes: DemoSizes, dirs: dict[str, Path], text_dir: Path, seed: int) -> StepCosts:
@@ -688,8 +699,9 @@ RUN_FOLDERS = {"m3ae": "finetune", "blank_images": "finetune_blank", "scratch": 
 
 
 def make_plan(args: argparse.Namespace, sizes: DemoSizes, dirs: dict[str, Path], text_dir: Path,
-              elapsed: float) -> tuple[DemoSizes, Plan | None]:
-    """Measure this machine and fit the run into the budget; returns the sizes to run and the plan.
+              elapsed: float) -> tuple[DemoSizes, Plan | None, dict[str, float] | None]:
+    """Measure this machine and fit the run into the budget; returns the sizes to run, the plan and
+    the precision timings (see `faster_precision`).
 
     No measurement with --quick, with --budget-minutes 0, or when the user fixed both lengths.
     """
@@ -697,11 +709,11 @@ def make_plan(args: argparse.Namespace, sizes: DemoSizes, dirs: dict[str, Path],
 
     fixed = hasattr(args, "pretrain_steps") and hasattr(args, "finetune_epochs")
     if args.quick or args.budget_minutes == 0 or fixed:
-        return sizes, None
+        return sizes, None, None
     splits = read_summary(dirs["vqa"])["splits"]
     steps_per_epoch = int(splits["train"]["examples"]) // sizes.finetune_batch_size
     start = time.perf_counter()
-    sizes = faster_precision(sizes, dirs, text_dir, args.seed)
+    sizes, precision_seconds = faster_precision(sizes, dirs, text_dir, args.seed)
     costs = measure_costs(sizes, dirs, text_dir, args.seed)
     spent = elapsed + time.perf_counter() - start
     print(f"measured on this machine: pre-training step {costs.pretrain_step:.2f} s, fine-tuning step "
@@ -725,7 +737,7 @@ def make_plan(args: argparse.Namespace, sizes: DemoSizes, dirs: dict[str, Path],
               "minutes (use --budget-minutes to set a longer one)", flush=True)
     sizes = dataclasses.replace(sizes, pretrain_steps=plan.pretrain_steps, finetune_epochs=epochs,
                                 finetune_max_steps=plan.finetune_steps)
-    return sizes, plan
+    return sizes, plan, precision_seconds
 
 
 REPORT_SECONDS = 30.0
@@ -777,7 +789,7 @@ def mean_table(tables: list[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `m3ae demo`."""
-    from m3ae.hardware import Precision, describe, resolve_precision
+    from m3ae.hardware import describe
 
     clock = StageClock()
     sizes = demo_sizes(args)
@@ -785,21 +797,19 @@ def run(args: argparse.Namespace) -> int:
     clear_out(out)
     threads, why = choose_threads(getattr(args, "threads", None))
     torch.set_num_threads(threads)
-    precision = resolve_precision(sizes.precision, "cpu")
     seeds = args.seeds or [args.seed]
     print(f"m3ae demo: {'QUICK (CI) ' if args.quick else ''}run into {out}/ from {src}/; seed(s) {seeds}; "
           f"{threads} torch thread(s) from {why}; {describe()}")
-    print(f"precision: {precision.name} ({precision.reason})")
     print("Protocol: clean. Model selection uses a validation split held out from train (by image); "
           "the answer list comes from train only; the test split is used once, at the end.")
 
     clock("prepare", "1/6 prepare VQA-RAD (clean protocol), its blank-image twin and the pre-training pairs")
     dirs = prepare_all(src, out, sizes, image_size=DEMO_IMAGE_SIZE, seed=args.seed)
     clock("plan", "time budget: measure this machine, then fit the lengths to the budget")
-    sizes, plan = make_plan(args, sizes, dirs, text_dir, clock.total)
-    if resolve_precision(sizes.precision, "cpu").name != precision.name:
-        precision = Precision(sizes.precision, f"{precision.reason}, but {sizes.precision} measured faster "
-                                               "for the demo's model on this machine")
+    requested = sizes.precision
+    sizes, plan, precision_seconds = make_plan(args, sizes, dirs, text_dir, clock.total)
+    precision = demo_precision(requested, sizes.precision, precision_seconds)
+    print(f"precision: {precision.name} ({precision.reason})")  # once, after the timing that decides it
     if plan is None:
         print(f"lengths as given: pre-train {sizes.pretrain_steps} steps, fine-tune "
               f"{sizes.finetune_epochs:g} epoch(s){' (capped at %d steps)' % sizes.finetune_max_steps if sizes.finetune_max_steps else ''}")

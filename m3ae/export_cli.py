@@ -1,8 +1,10 @@
 """Export a model folder to ONNX: vqa.onnx (image, ids, mask -> logits) and encoder.onnx (-> cls_feats).
 
-Both graphs take a dynamic batch; the text length is the one the model was trained with (or
---text-len). Each graph is run with ONNX Runtime on fresh inputs and compared with torch; the
-largest difference is printed and written to OUT/export.json. Needs the onnx extra
+Both graphs take a dynamic batch and a dynamic text length, up to the position table's limit
+(512 tokens for RoBERTa-base; in OUT/export.json and each graph's metadata as max_text_len). Each
+graph is run with ONNX Runtime on fresh inputs (batch 1 and 3; text lengths 3, the training length,
+twice it, the limit) and compared with torch; the largest difference is printed and written to
+OUT/export.json. Feeding a graph from the saved tokenizer: docs/serve.md. Needs the onnx extra
 (pip install 'm3ae[onnx]': onnx, onnxscript, onnxruntime).
 
 Example: m3ae export --model runs/vqa_rad/best --format onnx exported/vqa_rad
@@ -24,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graphs", nargs="+", choices=("vqa", "encoder"), default=None,
                         help="graphs to export (default: vqa when the model has a VQA head, and encoder)")
     parser.add_argument("--text-len", type=int, default=None, metavar="L",
-                        help="token length of the text inputs (default: the model's max_text_len)")
+                        help="training text length, around which parity is checked (default: the model's "
+                             "max_text_len); the graphs take any length up to the position table's")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch comparison")
 
 

@@ -7,6 +7,7 @@
   (``OWNER_MARKER``), never one that holds the source data or the working directory.
 - `remove_stale_temps` deletes the ``.OUT.tmp-PID`` / ``.OUT.old-PID`` folders of killed runs.
 - `file_sha256` and `check_finite` back the integrity checks of model folders.
+- `save_safetensors` writes weights with the mode an ordinary file gets (``honour_umask``).
 """
 from __future__ import annotations
 
@@ -144,6 +145,38 @@ def remove_stale_temps(out: str | Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+FILE_MODE = 0o666
+"""What ``open()`` asks for when it creates a file; the umask then takes bits away."""
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where there is one (setting it to read it, the only
+    portable way, would race with threads that create files meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | Path) -> None:
+    """Give a file we wrote the mode ``open()`` would have: 0o666 less the umask."""
+    os.chmod(path, FILE_MODE & ~current_umask())
+
+
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, then the usual file mode: safetensors writes a private temp
+    file (0600) and renames it, so weights in a shared folder were unreadable to colleagues."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    honour_umask(path)
 
 
 def file_sha256(path: str | Path) -> str:

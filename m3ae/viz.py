@@ -196,8 +196,19 @@ def curves_from_log(records: Sequence[Mapping], x_key: str = "step") -> dict[str
     return series
 
 
+CURVE_COLUMNS = 3
+"""Panels per row of the training-curves grid: 5 runs -> 2 rows, about 1,500 px wide at 100%."""
+PANEL_INCHES = (4.6, 3.3)
+"""Width and height of one panel (at the 110 dpi of `_save`)."""
+
+
 def plot_training_curves(logs: Mapping[str, str | Path], path: str | Path, x_key: str = "step") -> Path:
-    """One subplot per run: its loss curves (left axis) and evaluation accuracies (right axis).
+    """A grid of panels, one per run: its loss curves (left axis) and evaluation accuracies (right).
+
+    Every panel uses the same loss axis (one scale, log when the losses of all runs span more than
+    ``LOG_SCALE_RATIO``, and one range) and the same accuracy axis (0-100), so panels compare at a
+    glance; a series keeps its colour in every panel, and one legend sits outside the data (in the
+    grid's spare cell, or below the grid when there is none).
 
     Args:
         logs: run name -> path of its `log.jsonl`.
@@ -208,34 +219,69 @@ def plot_training_curves(logs: Mapping[str, str | Path], path: str | Path, x_key
         The path written.
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(logs), figsize=(5.2 * len(logs), 3.8), squeeze=False)
-    for ax, (name, log_path) in zip(axes[0], logs.items()):
-        series = curves_from_log(read_log(log_path), x_key)
-        losses = {k: v for k, v in series.items() if "loss" in k}
-        scores = {k: v for k, v in series.items() if "loss" not in k}
-        for i, (key, (xs, ys)) in enumerate(sorted(losses.items())):
-            ax.plot(xs, ys, label=key, color=f"C{i}", linewidth=1.2, marker="." if len(xs) < 30 else None)
-        ax.set_title(name)
-        ax.set_xlabel(x_key)
-        ax.set_ylabel("loss")
-        values = [y for _, ys in losses.values() for y in ys]
-        if values and min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO:
-            ax.set_yscale("log")  # e.g. MLM (~10) next to ITM (~0.7): both stay readable
-            ax.set_ylabel("loss (log scale)")
-        handles, labels = ax.get_legend_handles_labels()
-        if scores:
-            twin = ax.twinx()
-            for i, (key, (xs, ys)) in enumerate(sorted(scores.items()), start=len(losses)):
-                twin.plot(xs, ys, color=f"C{i % 10}", linestyle="--", marker="o", markersize=3, label=key)
-            twin.set_ylabel("accuracy (%)")
-            h2, l2 = twin.get_legend_handles_labels()
-            handles, labels = handles + h2, labels + l2
-        if handles:
-            ax.legend(handles, labels, fontsize=7, loc="best")
-        else:
-            ax.text(0.5, 0.5, "no numeric series in log", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
+    runs = {name: curves_from_log(read_log(log_path), x_key) for name, log_path in logs.items()}
+    names = sorted({key for series in runs.values() for key in series})
+    colours = {key: f"C{i % 10}" for i, key in enumerate(names)}
+    columns = max(1, min(CURVE_COLUMNS, len(runs)))
+    rows = max(1, math.ceil(len(runs) / columns))
+    spare = rows * columns > len(runs)
+    legend_inches = 0 if spare else 0.6  # a row for the legend below the grid when no cell is free
+    fig, axes = plt.subplots(rows, columns, squeeze=False, sharey=True,
+                             figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows + legend_inches))
+    cells = list(axes.flat)
+    log_scale = _log_loss_axis(runs)
+    for i, (ax, (name, series)) in enumerate(zip(cells, runs.items())):
+        # axis titles once per row: the left axis is shared, the accuracy axis is 0-100 everywhere
+        row_end = i % columns == columns - 1 or i == len(runs) - 1
+        _curve_panel(ax, name, series, colours, x_key, log_scale, i % columns == 0, row_end)
+    for ax in cells[len(runs):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colours[k], linestyle="--" if "loss" not in k else "-",
+                          marker="o" if "loss" not in k else None, markersize=3, label=k) for k in names]
+    if handles and spare:  # the empty cell is the legend's
+        cells[-1].legend(handles=handles, loc="center", fontsize=9,
+                         title="series (dashed: accuracy, right axis)")
+    elif handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     return _save(fig, path)
+
+
+def _log_loss_axis(runs: Mapping[str, Mapping[str, tuple[list, list]]]) -> bool:
+    """One decision for every panel: a log loss axis when all losses span more than LOG_SCALE_RATIO
+    (e.g. MLM at ~10 next to ITM at ~0.7), so no panel reads on another scale than its neighbours."""
+    values = [y for series in runs.values() for key, (_, ys) in series.items() if "loss" in key for y in ys]
+    return bool(values) and min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO
+
+
+def _curve_panel(ax, name: str, series: Mapping[str, tuple[list, list]], colours: Mapping[str, str],
+                 x_key: str, log_scale: bool, loss_label: bool, accuracy_label: bool) -> None:
+    """One run's panel: losses on the shared left axis, accuracies (%) on a 0-100 right axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel(x_key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
+    if log_scale:
+        ax.set_yscale("log")
+    if loss_label:
+        ax.set_ylabel("loss (log scale)" if log_scale else "loss")
+    ax.grid(alpha=0.3)
+    scores = {k: v for k, v in series.items() if "loss" not in k}
+    for key, (xs, ys) in sorted(series.items()):
+        if "loss" in key:
+            ax.plot(xs, ys, color=colours[key], linewidth=1.2, marker="." if len(xs) < 30 else None)
+    if scores:
+        twin = ax.twinx()
+        for key, (xs, ys) in sorted(scores.items()):
+            twin.plot(xs, ys, color=colours[key], linestyle="--", marker="o", markersize=3)
+        twin.set_ylim(0, 100)
+        if accuracy_label:
+            twin.set_ylabel("accuracy (%)")
+        else:
+            twin.tick_params(labelright=False)
+    if not series:
+        ax.text(0.5, 0.5, "no numeric series in log", ha="center", transform=ax.transAxes)
 
 
 def accuracy_by_group(groups: Sequence[str], correct: Sequence[float]) -> dict[str, tuple[float, int]]:

@@ -26,6 +26,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+BUNDLED_VQA_RAD = REPO_ROOT / "data" / "vqa_rad"
+"""VQA-RAD ships with the repository (images shrunk to at most 384 px, same JSON files)."""
+
+
+@pytest.fixture(scope="session")
+def vqa_rad_data() -> Path:
+    """The raw VQA-RAD release: the real-data folder's copy when there is one, else the bundled one,
+    so that a fresh clone without ../shared runs every VQA-RAD test."""
+    shared = SHARED_DATA / "vqa_rad"
+    return shared if shared.is_dir() else BUNDLED_VQA_RAD
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One intra-op torch thread per test: tiny models gain nothing from more, and on a busy 2-core

@@ -45,8 +45,8 @@ def reference_clip_eval(path, size: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size", [288, 384])
-def test_eval_transform_matches_original_on_real_vqa_rad(shared_data, size):
-    path = min((shared_data / "vqa_rad" / "images").glob("*.jpg"))
+def test_eval_transform_matches_original_on_real_vqa_rad(vqa_rad_data, size):
+    path = min((vqa_rad_data / "images").glob("*.jpg"))
     ours = im.ImageTransform(size, "clip")(im.read_image_file(path))
     assert ours.shape == (3, size, size) and ours.dtype == torch.float32
     np.testing.assert_allclose(ours.numpy(), reference_clip_eval(path, size), atol=1e-5)

@@ -91,9 +91,9 @@ def test_batches_follow_the_contract(folders, tokenizer, task):
     assert all(v.dtype == torch.long for k, v in batch.items() if k in long_keys)
 
 
-def test_vqa_targets_are_one_hot_and_zero_outside_the_set(shared_data, tokenizer, tmp_path):
+def test_vqa_targets_are_one_hot_and_zero_outside_the_set(vqa_rad_data, tokenizer, tmp_path):
     out = tmp_path / "clean"
-    prepare_dataset("vqa-rad", shared_data / "vqa_rad", out, protocol="clean", image_size=32)
+    prepare_dataset("vqa-rad", vqa_rad_data, out, protocol="clean", image_size=32)
     dataset = make_dataset(out, "test", "vqa", CFG, tokenizer)
     batch = dataset.collate_fn([dataset[i] for i in range(len(dataset))])
     outside = batch["vqa_labels"].eq(-1)

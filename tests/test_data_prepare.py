@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from m3ae.cli import main
+from m3ae.data.answers import normalize_answer
 from m3ae.data.prepare_cli import prepare_dataset
 from m3ae.data.storage import ImageStore, read_answers, read_labels, read_summary, read_table
 from m3ae.errors import DataError, M3AEError
@@ -22,9 +23,9 @@ def counts(summary):
 
 
 # -- real data --------------------------------------------------------------------------------------
-def test_vqa_rad_paper_protocol_reproduces_the_original(shared_data, tmp_path, capsys):
+def test_vqa_rad_paper_protocol_reproduces_the_original(vqa_rad_data, tmp_path, capsys):
     out = tmp_path / "vqa_rad"
-    assert main(["prepare", "vqa-rad", "--src", str(shared_data / "vqa_rad"), "--out", str(out)]) == 0
+    assert main(["prepare", "vqa-rad", "--src", str(vqa_rad_data), "--out", str(out)]) == 0
     summary = read_summary(out)
     assert counts(summary) == [3064, 451, 451] and summary["num_answers"] == 498
     answers = read_answers(out)
@@ -35,11 +36,19 @@ def test_vqa_rad_paper_protocol_reproduces_the_original(shared_data, tmp_path, c
     assert {r["answer_type"] for r in train} == {0, 1}  # includes the two "CLOSED " rows
     assert len(ImageStore(out).image_ids()) == 315 - 1  # one image is referenced by no question
     assert "answers: 498" in capsys.readouterr().out
+    assert _no_record_refused(summary)
 
 
-def test_vqa_rad_clean_protocol_holds_out_train_images(shared_data, tmp_path):
+def _no_record_refused(summary) -> bool:
+    """Nothing skipped as bad input and no known quirk dropped, in any split."""
+    return summary["dropped"] == {} and not any(
+        info["skipped"] or info["dropped"] for info in summary["splits"].values()
+    )
+
+
+def test_vqa_rad_clean_protocol_holds_out_train_images(vqa_rad_data, tmp_path):
     out = tmp_path / "clean"
-    summary = prepare_dataset("vqa-rad", shared_data / "vqa_rad", out, protocol="clean")
+    summary = prepare_dataset("vqa-rad", vqa_rad_data, out, protocol="clean")
     train = read_table(out / "train.arrow").column("image_id").to_pylist()
     val = read_table(out / "val.arrow").to_pylist()
     assert counts(summary)[0] + counts(summary)[1] == 3064 and counts(summary)[2] == 451
@@ -47,6 +56,11 @@ def test_vqa_rad_clean_protocol_holds_out_train_images(shared_data, tmp_path):
     assert summary["splits"]["val"]["outside_set"] == sum(r["label"] == -1 for r in val) > 0
     assert summary["num_answers"] == len(read_answers(out)) < 498
     assert summary["splits"]["test"]["outside_set"] > 0
+    # the release's oddities are all valid input: ten integer answers (4, 2, 12), two answer
+    # types "CLOSED " and two answers with a leading space; none is refused under the clean protocol
+    assert _no_record_refused(summary)
+    rows = read_table(out / "train.arrow").to_pylist() + val
+    assert {"4", "2", "12"} <= {r["answer"] for r in rows}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +74,7 @@ def test_slake_paper_counts_and_english_only(slake_paper):
     assert counts(summary) == [4919, 1053, 1061] and summary["num_answers"] == 222
     assert summary["splits"]["train"]["filtered"]["not_english"] > 0
     assert "" in read_answers(out)  # upstream keeps the one empty answer as a class
+    assert _no_record_refused(summary)
     assert summary["image_size"] == 64 and summary["image_format"] == "jpeg"
 
 
@@ -81,6 +96,54 @@ def test_slake_clean_answer_set_is_train_only(shared_data, tmp_path):
     assert set(read_answers(tmp_path / "out")) == train_answers
     test = read_table(tmp_path / "out" / "test.arrow").to_pylist()
     assert summary["splits"]["test"]["outside_set"] == sum(r["answer"] not in train_answers for r in test)
+
+
+def test_slake_clean_drops_the_release_empty_answer_without_a_flag(shared_data, tmp_path, capsys):
+    out = tmp_path / "clean"
+    summary = prepare_dataset("slake", shared_data / "slake", out, protocol="clean", image_size=32)
+    assert counts(summary) == [4919 - 1, 1053, 1061] and summary["on_error"] == "fail"
+    assert summary["dropped"] == {"empty_answer": 1} == summary["splits"]["train"]["dropped"]
+    answers = read_answers(out)
+    assert len(answers) == summary["num_answers"] == 217 and "" not in answers
+    assert not any(info["skipped"] for info in summary["splits"].values())  # the only quirk is qid 1622
+    assert 1622 not in read_table(out / "train.arrow").column("question_id").to_pylist()
+    assert capsys.readouterr().out.count("empty answer, dropped") == 1
+
+
+def test_known_quirk_is_said_once_and_counted_per_split(tmp_path, capsys):
+    src = tmp_path / "slake"
+    record = {"img_name": "a.jpg", "question": "Is this a lung?", "answer": "Yes", "answer_type": "CLOSED",
+              "q_lang": "en"}
+    rb.write_jpeg(src / "imgs" / "a.jpg", seed=0)
+    for n, name in enumerate(("train.json", "validate.json", "test.json")):
+        blanks = [{**record, "qid": 10 * n + i, "answer": " "} for i in range(2)]
+        (src / name).write_text(json.dumps([{**record, "qid": 10 * n + 5}, *blanks]))
+    summary = prepare_dataset("slake", src, tmp_path / "out", protocol="clean")
+    assert summary["dropped"] == {"empty_answer": 6} and counts(summary) == [1, 1, 1]
+    assert [summary["splits"][s]["dropped"] for s in ("train", "val", "test")] == [{"empty_answer": 2}] * 3
+    assert capsys.readouterr().out.count("m3ae prepare: note:") == 1
+
+
+VQA_MED_RAW_FILES = {  # file in the organisers' release -> (fields per line, lines)
+    "ImageClef-2019-VQA-Med-Training/All_QA_Pairs_train.txt": (3, 12792),
+    "ImageClef-2019-VQA-Med-Validation/All_QA_Pairs_val.txt": (3, 2000),
+    "VQAMed2019Test/VQAMed2019_Test_Questions_w_Ref_Answers.txt": (4, 500),
+}
+
+
+@pytest.mark.parametrize("name", VQA_MED_RAW_FILES)
+def test_vqa_med_2019_raw_release_has_no_empty_malformed_or_repeated_lines(shared_data, name):
+    # the raw text files, read directly (the reader of this layout is not ours to test here):
+    # the class of quirk SLAKE has (an empty answer) and its relatives are absent
+    fields, expected = VQA_MED_RAW_FILES[name]
+    text = (shared_data / "vqa_med_2019" / name).read_text(encoding="utf-8")
+    assert "\r" not in text and not text.startswith("\ufeff")
+    lines = text.split("\n")
+    assert lines[-1] == "" or len(lines) == expected  # at most a final newline
+    records = [line.split("|") for line in lines if line]
+    assert len(records) == expected and all(len(r) == fields for r in records)
+    assert all(normalize_answer(r[-1]).strip() and len(r[-2].split()) >= 2 for r in records)
+    assert len({(r[0], r[-2]) for r in records}) == expected  # no (image, question) twice
 
 
 # -- fixture layouts ----------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--seed", "0"]) == 0
     printed = capsys.readouterr().out
     assert "NOT real captions" in printed and "Protocol: clean" in printed
+    assert printed.count("precision:") == 1 and "None" not in printed  # said once; no Python None for people
     for name in EXPECTED_FILES:
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
@@ -85,6 +86,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert low - 1e-6 <= metrics["overall"] <= high + 1e-6, (method, metrics)
     for png in ("reconstructions.png", "training_curves.png", "accuracy_by_question_type.png"):
         assert Image.open(out / png).size[0] > 300
+    width, height = Image.open(out / "training_curves.png").size  # five runs: a 2 x 3 grid, not a strip
+    assert width <= 1600 and height > width / 2.5
     card = (out / "finetune" / "best" / "README.md").read_text()
     assert "not** a medical device" in card and "vqa-rad" in card
     # the fine-tuned folder is what `m3ae predict` reads
@@ -139,3 +142,20 @@ def test_budget_plan_scales_down_when_steps_are_slow():
 def test_budget_plan_says_when_even_the_minimum_does_not_fit():
     plan = demo.plan_to_budget(dataclasses.replace(COSTS, pretrain_step=60.0), demo.FULL, 800, 86, EVAL, 30)
     assert not plan.fits and plan.scale == demo.MIN_SCALE and plan.total_seconds > 800
+
+
+def test_demo_precision_says_what_it_measured_and_what_it_chose():
+    measured = demo.demo_precision("auto", "fp32", {"bf16": 0.16, "fp32": 0.12})
+    assert measured.name == "fp32" and "bf16 0.16 s, fp32 0.12 s" in measured.reason
+    assert "fp32 is faster" in measured.reason and "native bf16" in measured.reason
+    assert demo.demo_precision("fp32", "fp32", None).name == "fp32"  # nothing timed: as resolved
+
+
+def test_every_command_help_renders(capsys):
+    from m3ae.cli import COMMANDS
+
+    for name in COMMANDS:  # argparse %-formats help strings: a bare "25% of" broke `m3ae demo --help`
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0, name
+    assert "25% of the default lengths" in " ".join(capsys.readouterr().out.split())

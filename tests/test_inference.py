@@ -273,6 +273,17 @@ def test_accuracy_by_group_and_plots(tmp_path):
     for path in (viz.plot_training_curves({"run": log}, tmp_path / "curves.png"),
                  viz.plot_accuracy_by_group({"m": stats}, tmp_path / "types.png")):
         assert Image.open(path).size[0] > 300
+    five = {}
+    for i in range(5):  # pre-training (MLM ~20, ITM ~0.7) and four fine-tunes with accuracies
+        five[f"run {i}"] = tmp_path / f"log{i}.jsonl"
+        rows = [{"step": s, "mlm_loss": 20.0 / s, "itm_loss": 0.7} if i == 0 else
+                {"step": s, "loss": 2.0 / s, "val/overall": 20.0 * s} for s in (1, 2, 3)]
+        five[f"run {i}"].write_text("\n".join(json.dumps(r) for r in rows))
+    width, height = Image.open(viz.plot_training_curves(five, tmp_path / "five.png")).size
+    assert 1000 < width <= 1600 and height > width / 2.5  # 2 rows of 3, readable at 100%
+    runs = {name: viz.curves_from_log(viz.read_log(p)) for name, p in five.items()}
+    assert viz._log_loss_axis(runs)  # one decision for all panels: 20 .. 0.67 spans > 20x, 2 .. 0.67 does not
+    assert not viz._log_loss_axis({k: v for k, v in runs.items() if k != "run 0"})
     log.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(M3AEError, match="log.jsonl:2"):
         viz.read_log(log)

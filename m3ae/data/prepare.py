@@ -67,7 +67,11 @@ class RawExample:
 
 
 class Issues:
-    """Bad-input policy: ``fail`` raises a DataError at once, ``skip`` counts the drop by reason."""
+    """Bad-input policy: ``fail`` raises a DataError at once, ``skip`` counts the drop by reason.
+
+    Known quirks of an official release (SLAKE's one empty answer) are neither: the reader drops
+    them under every ``on_error`` and they are counted apart, in ``dropped``.
+    """
 
     def __init__(self, on_error: str = "fail") -> None:
         if on_error not in ON_ERROR:
@@ -75,12 +79,24 @@ class Issues:
         self.on_error = on_error
         self.skipped: dict[str, Counter] = {s: Counter() for s in SPLITS}
         self.filtered: dict[str, Counter] = {s: Counter() for s in SPLITS}
+        self.dropped: dict[str, Counter] = {s: Counter() for s in SPLITS}
 
     def bad(self, split: str, reason: str, message: str, count: int = 1) -> None:
         """Report bad input: raise (fail) or count ``count`` dropped examples under ``reason`` (skip)."""
         if self.on_error == "fail":
             raise DataError(f"{message} [{reason}; use --on-error skip to drop and count such records]")
         self.skipped.setdefault(split, Counter())[reason] += count
+
+    def known_quirk(self, split: str, reason: str, message: str) -> None:
+        """Drop one record of a known release quirk: counted under ``reason`` and said once per reason
+        (a user should learn what was left out without a flag, and without a line per record)."""
+        if not any(counts[reason] for counts in self.dropped.values()):
+            print(f"m3ae prepare: note: {message}")
+        self.dropped.setdefault(split, Counter())[reason] += 1
+
+    def dropped_total(self) -> dict[str, int]:
+        """Known-quirk drops by reason over all splits (summary.json's top-level ``dropped``)."""
+        return dict(sum(self.dropped.values(), Counter()))
 
     def filter(self, split: str, reason: str, count: int = 1) -> None:
         """Count examples removed by a protocol rule (never an error), e.g. texts under 3 words."""
@@ -385,6 +401,7 @@ def _write_splits(tmp: Path, splits: dict[str, list[RawExample]], opts: PrepareO
             "images": len({ex.image_id for ex in examples}),
             "skipped": dict(issues.skipped.get(split, {})),
             "filtered": dict(issues.filtered.get(split, {})),
+            "dropped": dict(issues.dropped.get(split, {})),
             "over_max_text_len": long_texts.get(split, 0),
         }
         if kind.vocabulary is not None:
@@ -410,6 +427,7 @@ def _summary(opts: PrepareOptions, issues: Issues, vocabulary: list[str] | None)
         "image_format": opts.image_format if opts.image_size else "original",
         "seed": opts.seed,
         "on_error": issues.on_error,
+        "dropped": issues.dropped_total(),
         "m3ae_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -256,8 +256,9 @@ def format_summary(summary: dict[str, Any], out: str | Path) -> str:
         extra = ""
         if info.get("skipped"):
             extra += f", skipped {info['skipped']}"
-        if info.get("filtered"):
-            extra += f", filtered {info['filtered']}"
+        for what in ("filtered", "dropped"):  # protocol rules and known release quirks
+            if info.get(what):
+                extra += f", {what} {info[what]}"
         if info.get("outside_set"):
             extra += f", {info['outside_set']} outside the answer set"
         if info.get("over_max_text_len"):

@@ -119,12 +119,33 @@ def read_vqa_rad(src: Path, protocol: str, seed: int, issues: Issues) -> dict[st
 
 
 def read_slake(src: Path, protocol: str, seed: int, issues: Issues) -> dict[str, list[RawExample]]:
-    """SLAKE 1.0: train/validate/test.json + imgs/; English questions only (both protocols)."""
+    """SLAKE 1.0: train/validate/test.json + imgs/; English questions only (both protocols).
+
+    clean: records with an empty answer are dropped and counted (``dropped``), not refused; the
+    official release has one (train qid 1622, "Does the picture contain liver?"). paper keeps it,
+    as upstream does ("" is one of its 222 answers).
+    """
     english = lambda rec: rec.get("q_lang") == "en"
-    return {
+    splits = {
         s: _vqa_examples(src / f, s, src / "imgs", "img_name", issues, english)
         for s, f in SLAKE_FILES.items()
     }
+    if protocol == "clean":
+        splits = {s: _drop_empty_answers(examples, issues) for s, examples in splits.items()}
+    return splits
+
+
+def _drop_empty_answers(examples: list[RawExample], issues: Issues) -> list[RawExample]:
+    """The examples whose answer is not blank; each blank one is a known quirk (counted, said once)."""
+    kept = []
+    for ex in examples:
+        if str(ex.answer).strip():
+            kept.append(ex)
+        else:
+            issues.known_quirk(ex.split, "empty_answer",
+                               f"{ex.where}: empty answer, dropped (a known quirk of the official "
+                               "release; the clean protocol has no empty class)")
+    return kept
 
 
 def read_medvqa_2019(src: Path, protocol: str, seed: int, issues: Issues) -> dict[str, list[RawExample]]:

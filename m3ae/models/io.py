@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from m3ae.errors import CheckpointError, M3AEError
-from m3ae.guards import file_sha256, nonfinite_keys
+from m3ae.guards import file_sha256, nonfinite_keys, save_safetensors
 from m3ae.models.config import ModelConfig
 from m3ae.models.masking import resize_pos_embed
 from m3ae.preprocessing import Preprocessing, preprocessing_from_metadata
@@ -200,8 +200,6 @@ def save_model(
     ``extra["preprocessing"]`` (a `Preprocessing` or its dict) is validated and stored; without one
     the folder records the model's image size with the CLIP defaults.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     extra = dict(extra or {})
@@ -212,7 +210,7 @@ def save_model(
     bad = nonfinite_keys(state)
     if bad:  # a diverged or corrupt model is not worth a folder that looks fine
         raise CheckpointError(f"refusing to save {directory}: NaN/Inf in {len(bad)} tensor(s), e.g. {bad[:3]}")
-    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_safetensors(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
     pre = extra.pop("preprocessing", None)
     if isinstance(pre, dict):  # a partial record is completed with the model's image size
         pre = Preprocessing.from_dict({"image_size": model.config.vision.image_size, **pre})

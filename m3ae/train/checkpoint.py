@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from m3ae.errors import CheckpointError
+from m3ae.guards import save_safetensors
 
 LATEST = "latest.json"
 STATE = "state.json"
@@ -166,9 +167,9 @@ def save_checkpoint(
     tmp.mkdir()
     opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
     rng_tensors, rng_meta = rng_state()
-    save_file(_plain_tensors(model.state_dict()), str(tmp / "model.safetensors"))
-    save_file(_plain_tensors(opt_tensors), str(tmp / "optimizer.safetensors"))
-    save_file(_plain_tensors(rng_tensors), str(tmp / "rng.safetensors"))
+    save_safetensors(_plain_tensors(model.state_dict()), tmp / "model.safetensors")
+    save_safetensors(_plain_tensors(opt_tensors), tmp / "optimizer.safetensors")
+    save_safetensors(_plain_tensors(rng_tensors), tmp / "rng.safetensors")
     meta = {"step": step, "optimizer": opt_meta, "rng": rng_meta, **_jsonable(state)}
     (tmp / STATE).write_text(json.dumps(meta))
     for f in tmp.iterdir():

@@ -270,7 +270,9 @@ def _train_locked(cfg: RunConfig, data_dir: str | Path, out_dir: Path, resume: b
         atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
         if (out_dir / "best").is_dir():
             _write_model_card(cfg, out_dir / "best", summary, report)
-        _say(format_table(report, title=f"{task_name} metrics ({report.get('split')} split)"))
+        split = report.get("split")  # None when the run had neither a validation nor a test split
+        _say(format_table(report, title=f"{task_name} metrics ({split} split)" if split
+                          else f"{task_name} run (no validation or test split to score)"))
     D.barrier()
     return report
 
