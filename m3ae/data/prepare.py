@@ -35,6 +35,9 @@ PROTOCOLS = ("paper", "clean")
 ON_ERROR = ("fail", "skip")
 ANSWER_TYPES = {"closed": 0, "open": 1}
 QUESTION_IDS_FILE = "question_ids.json"
+METADATA_FILE = "metadata.json"
+"""Sidecar of a VQA folder: ``{"questions": {question_id: category}, "images": {image_id: {field:
+value}}}``; what a release says beyond the QA pairs, read by `m3ae corpus` when present."""
 """Integer question_id -> the custom data's original string id, when the ids were strings."""
 OUTSIDE_SET = -1
 """Label of a clean-protocol val/test example whose answer (or class) is not in the train set."""
@@ -64,6 +67,10 @@ class RawExample:
     label_name: str | None = None
     label: int | None = None
     """Set by readers that already hold label ids (upstream arrows)."""
+    category: str | None = None
+    """The question's category in its release (VQA-Med "Abnormality", SLAKE "Organ", VQA-RAD "PRES")."""
+    image_meta: dict[str, str] | None = None
+    """What the release says about the image itself (SLAKE modality/location, VQA-RAD organ)."""
 
 
 class Issues:
@@ -352,6 +359,10 @@ def write_prepared(
             summary["question_ids"] = QUESTION_IDS_FILE
         if kind.vocabulary is not None:
             write_json(tmp / VOCAB_FILES[kind.vocabulary], vocabulary)
+        metadata = release_metadata(splits)
+        if metadata["questions"] or metadata["images"]:
+            write_json(tmp / METADATA_FILE, metadata)
+            summary["metadata"] = METADATA_FILE
         write_json(tmp / SUMMARY_FILE, summary)
     return summary
 
@@ -390,6 +401,19 @@ def _write_splits(tmp: Path, splits: dict[str, list[RawExample]], opts: PrepareO
         if kind.vocabulary is not None:
             info["outside_set"] = outside
         summary["splits"][split] = info
+
+
+def release_metadata(splits: dict[str, list[RawExample]]) -> dict[str, dict[str, Any]]:
+    """The `METADATA_FILE` content: question categories by question id, image fields by image id."""
+    questions: dict[str, str] = {}
+    images: dict[str, dict[str, str]] = {}
+    for examples in splits.values():
+        for ex in examples:
+            if ex.category and ex.question_id is not None:
+                questions[str(ex.question_id)] = ex.category
+            if ex.image_meta:
+                images.setdefault(ex.image_id, ex.image_meta)
+    return {"questions": questions, "images": images}
 
 
 def _same_examples(a: list[RawExample], b: list[RawExample]) -> bool:
