@@ -78,12 +78,13 @@ def read_source(source: Source) -> tuple[str, list[ImageQA], list[str]]:
     summary = _vqa_summary(source.folder, "--from")
     splits = [s for s in source.splits if not (s == "val" and summary.get("val_is_test"))]
     metadata = _read_json(source.folder / METADATA_FILE) if (source.folder / METADATA_FILE).exists() else {}
-    categories, image_meta = metadata.get("questions", {}), metadata.get("images", {})
+    questions, image_meta = metadata.get("questions", {}), metadata.get("images", {})
     images: dict[str, ImageQA] = {}
     for split in splits:
         for row in read_table(source.folder / f"{split}.arrow").to_pylist():
             image = images.setdefault(row["image_id"], ImageQA(row["image_id"], image_meta.get(row["image_id"], {})))
-            image.questions.append(QA(row["question"], row["answer"], categories.get(str(row["question_id"]))))
+            known = questions.get(str(row["question_id"]), {})  # without a sidecar: the normalised answer
+            image.questions.append(QA(row["question"], known.get("answer", row["answer"]), known.get("category")))
     return str(summary.get("dataset")), list(images.values()), splits
 
 

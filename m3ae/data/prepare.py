@@ -36,8 +36,9 @@ ON_ERROR = ("fail", "skip")
 ANSWER_TYPES = {"closed": 0, "open": 1}
 QUESTION_IDS_FILE = "question_ids.json"
 METADATA_FILE = "metadata.json"
-"""Sidecar of a VQA folder: ``{"questions": {question_id: category}, "images": {image_id: {field:
-value}}}``; what a release says beyond the QA pairs, read by `m3ae corpus` when present."""
+"""Sidecar of a VQA folder: ``{"questions": {question_id: {"category", "answer"}}, "images": {image_id:
+{field: value}}}``: what a release says beyond the QA pairs (the category, the answer before VQA
+normalisation, SLAKE modality/location, VQA-RAD organ), read by `m3ae corpus` when present."""
 """Integer question_id -> the custom data's original string id, when the ids were strings."""
 OUTSIDE_SET = -1
 """Label of a clean-protocol val/test example whose answer (or class) is not in the train set."""
@@ -404,13 +405,13 @@ def _write_splits(tmp: Path, splits: dict[str, list[RawExample]], opts: PrepareO
 
 
 def release_metadata(splits: dict[str, list[RawExample]]) -> dict[str, dict[str, Any]]:
-    """The `METADATA_FILE` content: question categories by question id, image fields by image id."""
-    questions: dict[str, str] = {}
+    """The `METADATA_FILE` content: category and raw answer by question id, image fields by image id."""
+    questions: dict[str, dict[str, str]] = {}
     images: dict[str, dict[str, str]] = {}
     for examples in splits.values():
         for ex in examples:
-            if ex.category and ex.question_id is not None:
-                questions[str(ex.question_id)] = ex.category
+            if ex.category and ex.question_id is not None:  # the answer as released, before normalisation
+                questions[str(ex.question_id)] = {"category": ex.category, "answer": clean_text(ex.answer)}
             if ex.image_meta:
                 images.setdefault(ex.image_id, ex.image_meta)
     return {"questions": questions, "images": images}
