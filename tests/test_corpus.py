@@ -174,3 +174,17 @@ def test_the_21_real_vqa_rad_test_images_in_vqa_med_are_found(shared_data):
     corpus = fingerprint([(f"x{n}", f"x/{n}", med_images[t].read_bytes()) for n, t in enumerate(twins)], "med")
     test_set = fingerprint([(t, f"rad/{t}", rad_test[t].read_bytes()) for t in twins], "rad")
     assert all(match(corpus, test_set))
+
+
+def test_model_card_of_a_model_pretrained_on_the_corpus_shows_the_guard(med, tmp_path):
+    from helpers.synthetic import REPO, TINY
+
+    evaluation = _vqa_folder_with_copy(tmp_path)
+    corpus = tmp_path / "corpus"
+    build_corpus([str(med)], corpus, exclude=[evaluation], val_fraction=0.4, texts_per="category")
+    out = tmp_path / "pt"
+    assert main(["pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"), "--data", str(corpus),
+                 "--out", str(out), "--train.max_steps", "1", *TINY, "--train.batch_size", "2"]) == 0
+    card = (out / "best" / "README.md").read_text()
+    assert "## Leakage guard" in card
+    assert f"| {evaluation} | test+val | 1 | 0 | 0 | 1 | 24 |" in card

@@ -109,6 +109,7 @@ def build_corpus(
     max_text_len: int = MAX_TEXT_LEN,
     overwrite: bool = False,
     check_overlap: list[str | Path] | None = None,
+    tokenizer: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build a pre-training corpus folder; the Python face of ``m3ae corpus``. Returns its summary.
 
@@ -125,6 +126,7 @@ def build_corpus(
         max_text_len: count texts longer than this many tokens in summary.json.
         overwrite: replace an existing ``out`` that m3ae wrote.
         check_overlap: folders to compare with the new corpus afterwards (printed and in the summary).
+        tokenizer: the tokenizer folder the token count uses (None: the packaged RoBERTa files).
     """
     from m3ae.guards import folder_lock, sibling_lock_file
 
@@ -152,7 +154,7 @@ def build_corpus(
                               for t in c["texts"]]
         extra = {"sources": info, "texts_per": texts_per, "val_fraction": val_fraction, "guard": guard,
                  "composition": {"left_out": dict(dropped)},
-                 "corpus": _corpus_counts(splits)}
+                 "corpus": _corpus_counts(splits, tokenizer)}
         opts = PrepareOptions(CORPUS_DATASET, "pretrain", "clean", "fail", image_size, "jpeg", seed, extra, max_text_len)
         summary = write_prepared(out, splits, opts, Issues("fail"), overwrite, None,
                                  {f"--from {s.folder}": s.folder for s in sources})
@@ -205,11 +207,12 @@ def _apply_guard(candidates: list[dict[str, Any]], exclude: list[Path], splits: 
     return [c for i, c in enumerate(candidates) if i not in out], guard
 
 
-def _corpus_counts(splits: dict[str, list[RawExample]]) -> dict[str, int]:
-    """Images, texts and tokens (packaged RoBERTa tokenizer, specials excluded) over all splits."""
+def _corpus_counts(splits: dict[str, list[RawExample]], tokenizer: str | Path | None) -> dict[str, Any]:
+    """Images, texts and tokens (specials excluded) over all splits, and which tokenizer counted."""
     from m3ae.data.text import load_tokenizer
 
     texts = [ex.text for exs in splits.values() for ex in exs]
-    tokens = sum(len(ids) for ids in load_tokenizer()(texts, add_special_tokens=False)["input_ids"]) if texts else 0
+    encode = load_tokenizer(tokenizer)
+    tokens = sum(len(ids) for ids in encode(texts, add_special_tokens=False)["input_ids"]) if texts else 0
     return {"images": len({ex.image_id for exs in splits.values() for ex in exs}), "texts": len(texts),
-            "tokens": tokens}
+            "tokens": tokens, "tokenizer": str(tokenizer) if tokenizer else "roberta-base (packaged)"}

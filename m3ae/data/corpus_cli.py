@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="count texts longer than N tokens in summary.json")
     parser.add_argument("--check-overlap", nargs="+", default=None, metavar="DIR",
                         help="afterwards, report images the corpus shares with these prepared folders")
+    parser.add_argument("--tokenizer", default=None, metavar="DIR",
+                        help="tokenizer folder for the token count (default: the packaged RoBERTa files; "
+                        "m3ae-small reads MiniLM's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_splits=tuple(s.strip() for s in args.exclude_splits.split(",") if s.strip()),
         texts_per=args.texts, val_fraction=args.val_fraction, seed=args.seed, threshold=args.near_threshold,
         image_size=args.image_size, max_text_len=args.max_text_len, overwrite=args.overwrite,
-        check_overlap=args.check_overlap,
+        check_overlap=args.check_overlap, tokenizer=args.tokenizer,
     )
     print(format_corpus(summary, args.out))
     return 0
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 def format_corpus(summary: dict, out: str) -> str:
     """A few lines: sources, corpus size, the guard's counts per evaluation folder."""
     counts, guard = summary["corpus"], summary["guard"]
-    lines = [f"corpus -> {out}: {counts['images']} images, {counts['texts']} texts, {counts['tokens']} tokens "
+    lines = [f"corpus -> {out}: {counts['images']} images, {counts['texts']} texts, {counts['tokens']} tokens ({counts['tokenizer']}) "
              f"(train {summary['splits']['train']['examples']} / val {summary['splits']['val']['examples']} texts)"]
     lines += [f"  from {s['folder']} ({s['dataset']}, {'+'.join(s['splits'])}): {s['images']} images, "
               f"{s['texts']} texts" for s in summary["sources"]]
