@@ -42,14 +42,18 @@ YES_NO_RULES: tuple[tuple[re.Pattern, str, str], ...] = tuple((re.compile(p), y,
     (r"^is there (?P<art>an? )?(?:any )?(?P<x>.+)$", "there is {art}{x}", "there is no {x}"),
     (r"^are there (?:any )?(?P<x>.+)$", "there are {x}", "there are no {x}"),
     (rf"^(?P<v>is|was) (?P<s>(?:this|that)(?: (?:{_SUBJECT_NOUNS}))?|it) (?P<x>.+)$", "{s} {v} {x}", "{s} {v} not {x}"),
-    (r"^(?P<v>is|are|was|were) (?P<s>the (?!left |right )[\w-]+|[\w-]+ contrast) (?P<x>.+)$",
+    # one-word subjects only: "is the pelvis of the left kidney dilated" has no safe statement
+    (r"^(?P<v>is|are|was|were) (?P<s>the (?!left |right )[\w-]+|[\w-]+ contrast) (?!(?:of|in|on|at|to|from) )(?P<x>.+)$",
      "{s} {v} {x}", "{s} {v} not {x}"),
-    (rf"^does (?P<s>(?:the|this) (?:{_SUBJECT_NOUNS}|patient)) (?P<verb>[\w-]+) (?P<x>.+)$",
-     "{s} {verb_s} {x}", "{s} does not {verb} {x}"),
+    (r"^does (?P<s>(?:the|this) [\w-]+) (?P<verb>[\w-]+) (?P<x>.+)$", "{s} {verb_s} {x}", "{s} does not {verb} {x}"),
 ))
 OPEN_RULES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), t) for p, t in (
     (r"^(?:what|which) (?P<v>is|are) the (?P<x>.+)$", "the {x} {v} {a}"),
-    (r"^where (?P<v>is|are) the (?P<x>.+)$", "location of the {x}: {a}"),
+    (r"^where (?P<v>is|are) the (?P<x>.+?)(?: (?:located|seen|visible|found))?$", "location of the {x}: {a}"),
+    # "what level is this image" asks for a property of what follows: "level of this image: l2"
+    (r"^what (?:is|are) (?P<x>abnormal|wrong)(?P<rest>.*)$", "{x}{rest}: {a}"),
+    (r"^(?:what|which) (?P<n>[\w/-]+(?: [\w-]+)?) (?:is|are|was|were) (?P<x>(?:the|this|these) .+?)"
+     r"(?: (?:located|seen|visible|found|on|in|at|of))?$", "{n} of {x}: {a}"),
     (r"^(?:what|which) [\w/-]+(?: [\w-]+)? (?P<v>is|are|was|were) (?P<x>.+)$", "{a} {v} {x}"),
     (r"^how many (?P<x>[\w-]+) (?P<rest>.+)$", "{a} {x} {rest}"),
 ))
@@ -78,6 +82,11 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", str(text)).strip().lower().rstrip("?. ").replace("is/are", "are")
 
 
+def _question(text: str) -> str:
+    """A question without its offered choices: "which organ is abnormal, heart or lung" -> "...abnormal"."""
+    return re.sub(r", [^,]+ or [^,]+$", "", _clean(text))
+
+
 def header_word(answer: str) -> str:
     """An answer as a header word: "cta - ct angiography" -> "ct angiography"; `WORDS` applied."""
     answer = _clean(answer)
@@ -87,7 +96,7 @@ def header_word(answer: str) -> str:
 
 def yes_no_statement(question: str, answer: str) -> str | None:
     """A yes/no pair as a statement, or None when no `YES_NO_RULES` pattern fits the question."""
-    question = _clean(question)
+    question = _question(question)
     for pattern, yes, no in YES_NO_RULES:
         found = pattern.match(question)
         if found:
@@ -100,7 +109,7 @@ def yes_no_statement(question: str, answer: str) -> str | None:
 
 def open_clause(question: str, answer: str) -> str | None:
     """An open pair as a clause, or None when no `OPEN_RULES` pattern fits the question."""
-    question = _clean(question)
+    question = _question(question)
     for pattern, template in OPEN_RULES:
         found = pattern.match(question)
         if found:
@@ -110,6 +119,8 @@ def open_clause(question: str, answer: str) -> str | None:
 
 def header(roles: dict[str, str]) -> str:
     """"<plane> <modality> of the <organ>" from whichever of the three are known ("" if none)."""
+    if roles.get("plane") and not roles.get("modality"):
+        roles = {**roles, "modality": "image"}  # "sagittal image of the ...", not "sagittal of the ..."
     what = " ".join(roles[r] for r in ("plane", "modality") if roles.get(r))
     if roles.get("organ"):
         return f"{what or 'image'} of the {roles['organ']}"
