@@ -140,7 +140,7 @@ def test_corpus_leaves_evaluation_copies_out_and_counts_them(med, tmp_path, caps
     assert code == 0
     guard = read_summary(out)["guard"]
     assert guard["excluded"][str(evaluation)] == {"evaluation_images": 1, "by_id": 0, "exact_pixels": 0,
-                                                  "near_duplicate": 1}
+                                                  "near_duplicate": 1, "by_source": {"vqa-med-2019": 1}}
     assert read_summary(out)["corpus"]["images"] == 1
     printed = capsys.readouterr().out
     assert "1 near duplicates" in printed and "overlap check" in printed

@@ -40,6 +40,7 @@ _SUBJECT_NOUNS = "image|picture|scan|film|study|mri|ct|x-ray|radiograph"
 # (pattern over the lower-cased question without "?", statement if yes, statement if no)
 YES_NO_RULES: tuple[tuple[re.Pattern, str, str], ...] = tuple((re.compile(p), y, n) for p, y, n in (
     (r"^is there (?P<art>an? )?(?:any )?(?P<x>.+)$", "there is {art}{x}", "there is no {x}"),
+    (r"^are there (?P<art>an? )(?P<x>.+)$", "there is {art}{x}", "there is no {x}"),  # "are there a mass"
     (r"^are there (?:any )?(?P<x>.+)$", "there are {x}", "there are no {x}"),
     (rf"^(?P<v>is|was) (?P<s>(?:this|that)(?: (?:{_SUBJECT_NOUNS}))?|it) (?P<x>.+)$", "{s} {v} {x}", "{s} {v} not {x}"),
     # one-word subjects only: "is the pelvis of the left kidney dilated" has no safe statement
@@ -84,7 +85,8 @@ def _clean(text: str) -> str:
 
 def _question(text: str) -> str:
     """A question without its offered choices: "which organ is abnormal, heart or lung" -> "...abnormal"."""
-    return re.sub(r", [^,]+ or [^,]+$", "", _clean(text))
+    text = _clean(str(text).split("?")[0])  # VQA-RAD: "are the masses cystic? -yes/no"
+    return re.sub(r",\s*[^,]+(?:,[^,]+)* or [^,]+$", "", text)
 
 
 def header_word(answer: str) -> str:

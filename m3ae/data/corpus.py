@@ -201,7 +201,9 @@ def _apply_guard(candidates: list[dict[str, Any]], exclude: list[Path], splits: 
         check_prepared(folder, "--exclude")
         reference = images_fingerprints(folder, splits)
         reasons = match(prints, reference, threshold)
-        guard["excluded"][str(folder)] = {"evaluation_images": len(reference), **count_reasons(reasons)}
+        sources = Counter(c["image_id"].split("/", 1)[0] for c, r in zip(candidates, reasons) if r)
+        guard["excluded"][str(folder)] = {"evaluation_images": len(reference), **count_reasons(reasons),
+                                          "by_source": dict(sorted(sources.items()))}
         out |= {i for i, r in enumerate(reasons) if r}
     guard["excluded_images"] = len(out)
     return [c for i, c in enumerate(candidates) if i not in out], guard

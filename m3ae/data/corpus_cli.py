@@ -72,7 +72,8 @@ def format_corpus(summary: dict, out: str) -> str:
     for folder, reasons in guard["excluded"].items():
         lines.append(f"  excluded for {folder} ({'+'.join(guard['splits'])}, {reasons['evaluation_images']} images): "
                      f"{reasons['by_id']} by id, {reasons['exact_pixels']} exact pixels, "
-                     f"{reasons['near_duplicate']} near duplicates (threshold {guard['threshold']})")
+                     f"{reasons['near_duplicate']} near duplicates (threshold {guard['threshold']}); "
+                     f"from {reasons.get('by_source') or 'no source'}")
     if summary["composition"]["left_out"]:
         lines.append(f"  QA pairs left out: {summary['composition']['left_out']}")
     return "\n".join(lines)
