@@ -32,8 +32,8 @@ from m3ae.data.guard import (
     overlap_report,
 )
 from m3ae.data.kinds import MIN_CAPTION_WORDS
-from m3ae.data.prepare import METADATA_FILE, SPLITS, Issues, PrepareOptions, RawExample, write_prepared
-from m3ae.data.storage import ImageStore, _read_json, read_table
+from m3ae.data.prepare import SPLITS, Issues, PrepareOptions, RawExample, write_prepared
+from m3ae.data.storage import METADATA_FILE, ImageStore, check_output, read_metadata, read_table
 from m3ae.errors import DataError, M3AEError
 
 TEXTS_PER = ("image", "category")
@@ -42,6 +42,19 @@ DEFAULT_EXCLUDE_SPLITS = ("test", "val")
 VAL_FRACTION = 0.05
 MAX_TEXT_LEN = 64
 """Texts longer than this many tokens are counted in summary.json (the pre-training recipes' length)."""
+
+
+@dataclass
+class Candidate:
+    """A source image on its way into the corpus."""
+
+    image_id: str
+    """``<dataset>/<image id in its folder>``: unique across sources."""
+    key: str
+    """`image_key`: the same for one MedPix image in two sources."""
+    where: str
+    texts: list[str]
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,7 @@ def read_source(source: Source) -> tuple[str, list[ImageQA], list[str]]:
     """
     summary = _vqa_summary(source.folder, "--from")
     splits = [s for s in source.splits if not (s == "val" and summary.get("val_is_test"))]
-    metadata = _read_json(source.folder / METADATA_FILE) if (source.folder / METADATA_FILE).exists() else {}
+    metadata = read_metadata(source.folder)
     questions, image_meta = metadata.get("questions", {}), metadata.get("images", {})
     images: dict[str, ImageQA] = {}
     for split in splits:
@@ -136,36 +149,38 @@ def build_corpus(
     if not 0 <= val_fraction < 1:
         raise M3AEError(f"--val-fraction must be in [0, 1) (got {val_fraction})")
     bad_splits = [s for s in exclude_splits if s not in SPLITS]
-    if bad_splits or not sources:
-        raise M3AEError(f"--exclude-splits: unknown {bad_splits}" if bad_splits else "--from needs a folder")
+    if bad_splits:
+        raise M3AEError(f"--exclude-splits: unknown {bad_splits}; expected some of {SPLITS}")
+    if not sources:
+        raise M3AEError("--from needs at least one prepared VQA folder")
     sources = [s if isinstance(s, Source) else parse_source(s) for s in sources]
+    protected = {f"--from {s.folder}": s.folder for s in sources}  # --overwrite never removes a source
     with folder_lock(sibling_lock_file(out), out):
-        from m3ae.data.storage import check_output
-
-        check_output(out, overwrite, {f"--from {s.folder}": s.folder for s in sources})
+        check_output(out, overwrite, protected)  # before the reading, so a refusal comes at once
         candidates, info, dropped = _candidates(sources, texts_per)
         kept, guard = _apply_guard(candidates, [Path(f) for f in exclude or []], exclude_splits, threshold)
-        guard["splits"] = list(exclude_splits)
-        held = hold_out([c["key"] for c in kept], val_fraction, seed)
-        splits: dict[str, list[RawExample]] = {s: [] for s in SPLITS}
-        for c in kept:
-            split = "val" if c["key"] in held else "train"
-            splits[split] += [RawExample(split, c["image_id"], c["where"], image_bytes=c["bytes"], text=t)
-                              for t in c["texts"]]
+        splits = _split_by_image(kept, hold_out([c.key for c in kept], val_fraction, seed))
         extra = {"sources": info, "texts_per": texts_per, "val_fraction": val_fraction, "guard": guard,
-                 "composition": {"left_out": dict(dropped)},
-                 "corpus": _corpus_counts(splits, tokenizer)}
+                 "composition": {"left_out": dict(dropped)}, "corpus": _corpus_counts(splits, tokenizer)}
         opts = PrepareOptions(CORPUS_DATASET, "pretrain", "clean", "fail", image_size, "jpeg", seed, extra, max_text_len)
-        summary = write_prepared(out, splits, opts, Issues("fail"), overwrite, None,
-                                 {f"--from {s.folder}": s.folder for s in sources})
+        summary = write_prepared(out, splits, opts, Issues("fail"), overwrite, None, protected)
     if check_overlap:
         summary["overlap"] = overlap_report([out, *map(Path, check_overlap)], threshold)
         print(format_overlaps(summary["overlap"]))
     return summary
 
 
-def _candidates(sources: list[Source], texts_per: str) -> tuple[list[dict[str, Any]], list[dict], Counter]:
-    """Every source image with its texts and fingerprint; what each source gave; what was left out."""
+def _split_by_image(kept: list[Candidate], held: set[str]) -> dict[str, list[RawExample]]:
+    """One example per text; an image's texts go to val when its key is held out, else to train."""
+    splits: dict[str, list[RawExample]] = {s: [] for s in SPLITS}
+    for c in kept:
+        split = "val" if c.key in held else "train"
+        splits[split] += [RawExample(split, c.image_id, c.where, image_bytes=c.data, text=t) for t in c.texts]
+    return splits
+
+
+def _candidates(sources: list[Source], texts_per: str) -> tuple[list[Candidate], list[dict], Counter]:
+    """Every source image with its texts; what each source gave; which QA pairs were left out, by reason."""
     candidates, info, dropped = [], [], Counter()
     for source in sources:
         dataset, images, splits = read_source(source)
@@ -180,28 +195,29 @@ def _candidates(sources: list[Source], texts_per: str) -> tuple[list[dict[str, A
                 dropped["image_without_text"] += 1
                 continue
             texts_given += len(long_enough)
-            candidates.append({"image_id": f"{dataset}/{image.image_id}", "key": image_key(dataset, image.image_id),
-                               "where": f"{source.folder} image {image.image_id}", "texts": long_enough,
-                               "bytes": store.get_bytes(image.image_id)})
+            candidates.append(Candidate(f"{dataset}/{image.image_id}", image_key(dataset, image.image_id),
+                                        f"{source.folder} image {image.image_id}", long_enough,
+                                        store.get_bytes(image.image_id)))
         info.append({"folder": str(source.folder), "dataset": dataset, "splits": splits, "images": len(images),
                      "texts": texts_given, "metadata": (source.folder / METADATA_FILE).exists()})
     return candidates, info, dropped
 
 
-def _apply_guard(candidates: list[dict[str, Any]], exclude: list[Path], splits: tuple[str, ...],
-                 threshold: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _apply_guard(candidates: list[Candidate], exclude: list[Path], splits: tuple[str, ...],
+                 threshold: int) -> tuple[list[Candidate], dict[str, Any]]:
     """The candidates no evaluation image ties to, and the guard's record for summary.json."""
     guard: dict[str, Any] = {"threshold": threshold, "hash": f"{PHASH_SIDE * PHASH_SIDE}-bit DCT pHash of a "
-                             f"{THUMB_SIZE}x{THUMB_SIZE} grey thumbnail", "excluded": {}, "excluded_images": 0}
+                             f"{THUMB_SIZE}x{THUMB_SIZE} grey thumbnail", "splits": list(splits),
+                             "excluded": {}, "excluded_images": 0}
     if not exclude:
         return candidates, guard
-    prints = fingerprint([(c["image_id"], c["key"], c["bytes"]) for c in candidates], "corpus sources")
+    prints = fingerprint([(c.image_id, c.key, c.data) for c in candidates], "corpus sources")
     out = set()
     for folder in exclude:
         check_prepared(folder, "--exclude")
         reference = images_fingerprints(folder, splits)
         reasons = match(prints, reference, threshold)
-        sources = Counter(c["image_id"].split("/", 1)[0] for c, r in zip(candidates, reasons) if r)
+        sources = Counter(c.image_id.split("/", 1)[0] for c, r in zip(candidates, reasons) if r)
         guard["excluded"][str(folder)] = {"evaluation_images": len(reference), **count_reasons(reasons),
                                           "by_source": dict(sorted(sources.items()))}
         out |= {i for i, r in enumerate(reasons) if r}

@@ -22,6 +22,7 @@ from m3ae.data.kinds import MIN_CAPTION_WORDS, FolderKind, folder_kind  # noqa: 
 from m3ae.data.storage import (
     ANSWERS_FILE,
     LABELS_FILE,
+    METADATA_FILE,
     SUMMARY_FILE,
     ImageShardWriter,
     atomic_output,
@@ -35,10 +36,6 @@ PROTOCOLS = ("paper", "clean")
 ON_ERROR = ("fail", "skip")
 ANSWER_TYPES = {"closed": 0, "open": 1}
 QUESTION_IDS_FILE = "question_ids.json"
-METADATA_FILE = "metadata.json"
-"""Sidecar of a VQA folder: ``{"questions": {question_id: {"category", "answer"}}, "images": {image_id:
-{field: value}}}``: what a release says beyond the QA pairs (the category, the answer before VQA
-normalisation, SLAKE modality/location, VQA-RAD organ), read by `m3ae corpus` when present."""
 """Integer question_id -> the custom data's original string id, when the ids were strings."""
 OUTSIDE_SET = -1
 """Label of a clean-protocol val/test example whose answer (or class) is not in the train set."""
