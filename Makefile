@@ -6,7 +6,7 @@ STAMP := $(VENV)/.m3ae-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test demo bench orig-setup bench-original clean
+.PHONY: setup test demo corpus bench orig-setup bench-original clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,18 @@ demo:
 	echo "make demo: set-up took $$(( $$(date +%s) - start )) s"; \
 	start=$$(date +%s); $(VENV)/bin/m3ae demo $(DEMO_ARGS); code=$$?; \
 	echo "make demo: the demo took $$(( $$(date +%s) - start )) s"; exit $$code
+
+# The open pre-training corpus from the bundled data (docs/data.md, "m3ae corpus"): VQA-Med 2019 (train + val,
+# all four categories), SLAKE train + val and VQA-RAD train, with VQA-RAD's and SLAKE's val and test images
+# left out by the leakage guard. CORPUS_DIR holds the prepared folders and the corpus.
+CORPUS_DIR ?= prepared
+M3AE := $(VENV)/bin/python -m m3ae.cli
+corpus: setup
+	$(M3AE) prepare vqa-med-2019 --src data/vqa_med_2019 --out $(CORPUS_DIR)/vqa_med_2019 --protocol clean --categories all --overwrite
+	$(M3AE) prepare slake --src data/slake --out $(CORPUS_DIR)/slake --protocol clean --on-error skip --overwrite
+	$(M3AE) prepare vqa-rad --src data/vqa_rad --out $(CORPUS_DIR)/vqa_rad --protocol clean --seed 0 --overwrite
+	$(M3AE) corpus --from $(CORPUS_DIR)/vqa_med_2019 $(CORPUS_DIR)/slake $(CORPUS_DIR)/vqa_rad:train \
+	  --exclude $(CORPUS_DIR)/vqa_rad $(CORPUS_DIR)/slake --out $(CORPUS_DIR)/open_corpus --overwrite
 
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_data.py

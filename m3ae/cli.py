@@ -19,6 +19,8 @@ from m3ae.errors import M3AEError
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("m3ae.data.prepare_cli", "prepare a benchmark from its raw release into the m3ae format"),
+    "corpus": ("m3ae.data.corpus_cli", "build a pre-training corpus from prepared VQA folders, evaluation images "
+                                       "left out (by id and pixels)"),
     "pretrain": ("m3ae.train.cli_pretrain", "pre-train M3AE (MLM + MIM + ITM) from a YAML recipe"),
     "finetune": ("m3ae.train.cli_finetune", "fine-tune on VQA, classification or retrieval from a YAML recipe"),
     "evaluate": ("m3ae.train.cli_evaluate", "evaluate a saved model on a prepared data folder"),

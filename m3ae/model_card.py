@@ -19,7 +19,7 @@ CARD_NAME = "README.md"
 
 # Keys of `info` that get their own section; anything else lands in the "Details" table.
 KNOWN_KEYS = ("name", "task", "base_model", "data", "protocol", "metrics", "metrics_split", "command",
-              "training", "intended_use", "limitations", "license", "citation", "notes")
+              "training", "intended_use", "limitations", "license", "citation", "notes", "leakage_guard")
 
 INTENDED_USE = (
     "Research on medical vision-and-language models only. This model is **not** a medical device: "
@@ -172,6 +172,26 @@ def _data_section(info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _guard_section(guards: Any) -> list[str]:
+    """"## Leakage guard": per corpus (`m3ae corpus` summary "guard"), the evaluation images it left out."""
+    if not isinstance(guards, list) or not guards:
+        return []
+    lines = ["## Leakage guard", "",
+             "The pre-training corpus left out every image that matched an image of these evaluation splits "
+             "by id, by exact pixels or as a near duplicate (perceptual hash; docs/data.md).", "",
+             "| evaluation folder | splits | its images | by id | exact pixels | near duplicate | threshold |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for guard in guards:
+        for folder, counts in (guard.get("excluded") or {}).items():
+            cells = [folder, "+".join(guard.get("splits", [])), counts.get("evaluation_images"),
+                     counts.get("by_id"), counts.get("exact_pixels"), counts.get("near_duplicate"),
+                     guard.get("threshold")]
+            lines.append("| " + " | ".join(_format_value(c) for c in cells) + " |")
+        if not guard.get("excluded"):
+            lines.append("| (none given) | | | | | | |")
+    return lines + [""]
+
+
 def _closing_sections(info: dict[str, Any]) -> list[str]:
     """Details (unknown keys), notes, limitations and citation."""
     lines: list[str] = []
@@ -194,7 +214,8 @@ def render_model_card(info: dict[str, Any]) -> str:
             or a dict such as ``{"dataset": "vqa-rad", "protocol": "clean", "splits": {...}}``),
             ``protocol``, ``metrics`` (dict, nested dicts allowed), ``metrics_split``, ``command``
             (defaults to this process's command line), ``training`` (dict of hyper-parameters),
-            ``intended_use``, ``limitations``, ``license``, ``citation``, ``notes``. Any other key is
+            ``intended_use``, ``limitations``, ``license``, ``citation``, ``notes``, ``leakage_guard``
+            (the "guard" records of the `m3ae corpus` folders it was pre-trained on). Any other key is
             listed under "Details".
 
     Returns:
@@ -211,6 +232,7 @@ def render_model_card(info: dict[str, Any]) -> str:
     lines += ["## Intended use", "", str(info.get("intended_use") or INTENDED_USE), ""]
 
     lines += _data_section(info)
+    lines += _guard_section(info.get("leakage_guard"))
     if info.get("base_model"):
         lines += ["## Initialisation", "", str(info["base_model"]), ""]
     lines += _metrics_section(info.get("metrics"), info.get("metrics_split"))

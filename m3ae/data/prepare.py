@@ -22,6 +22,7 @@ from m3ae.data.kinds import MIN_CAPTION_WORDS, FolderKind, folder_kind  # noqa: 
 from m3ae.data.storage import (
     ANSWERS_FILE,
     LABELS_FILE,
+    METADATA_FILE,
     SUMMARY_FILE,
     ImageShardWriter,
     atomic_output,
@@ -64,6 +65,10 @@ class RawExample:
     label_name: str | None = None
     label: int | None = None
     """Set by readers that already hold label ids (upstream arrows)."""
+    category: str | None = None
+    """The question's category in its release (VQA-Med "Abnormality", SLAKE "Organ", VQA-RAD "PRES")."""
+    image_meta: dict[str, str] | None = None
+    """What the release says about the image itself (SLAKE modality/location, VQA-RAD organ)."""
 
 
 class Issues:
@@ -368,6 +373,10 @@ def write_prepared(
             summary["question_ids"] = QUESTION_IDS_FILE
         if kind.vocabulary is not None:
             write_json(tmp / VOCAB_FILES[kind.vocabulary], vocabulary)
+        metadata = release_metadata(splits)
+        if metadata["questions"] or metadata["images"]:
+            write_json(tmp / METADATA_FILE, metadata)
+            summary["metadata"] = METADATA_FILE
         write_json(tmp / SUMMARY_FILE, summary)
     return summary
 
@@ -407,6 +416,19 @@ def _write_splits(tmp: Path, splits: dict[str, list[RawExample]], opts: PrepareO
         if kind.vocabulary is not None:
             info["outside_set"] = outside
         summary["splits"][split] = info
+
+
+def release_metadata(splits: dict[str, list[RawExample]]) -> dict[str, dict[str, Any]]:
+    """The `METADATA_FILE` content: category and raw answer by question id, image fields by image id."""
+    questions: dict[str, dict[str, str]] = {}
+    images: dict[str, dict[str, str]] = {}
+    for examples in splits.values():
+        for ex in examples:
+            if ex.category and ex.question_id is not None:  # the answer as released, before normalisation
+                questions[str(ex.question_id)] = {"category": ex.category, "answer": clean_text(ex.answer)}
+            if ex.image_meta:
+                images.setdefault(ex.image_id, ex.image_meta)
+    return {"questions": questions, "images": images}
 
 
 def _same_examples(a: list[RawExample], b: list[RawExample]) -> bool:

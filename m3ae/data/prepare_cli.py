@@ -36,6 +36,8 @@ def prepare_dataset(
     task: str | None = None,
     allow_outside_src: bool = False,
     max_text_len: int | None = None,
+    categories: str | None = None,
+    check_overlap: list[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Prepare one dataset; the Python face of ``m3ae prepare``. Returns the summary dict.
 
@@ -57,6 +59,10 @@ def prepare_dataset(
         allow_outside_src: custom data may reference images outside the source folder.
         max_text_len: count texts longer than this many tokens in summary.json (they get cut);
             default: the text length of the dataset's original recipe (``DatasetSpec.max_text_len``).
+        categories: VQA-Med 2019 question categories, "all" or comma-separated (default: upstream's
+            Modality, Organ, Plane).
+        check_overlap: prepared folders to compare with the new one (and its splits with each
+            other) by image id and pixels; the report is printed and returned in ``summary["overlap"]``.
 
     Raises:
         FolderBusy: another process is preparing into ``out`` (one run per folder, locked for its life).
@@ -74,10 +80,12 @@ def prepare_dataset(
         protected = {"--src": src} | ({"--references": Path(references)} if references else {})
         check_output(out, overwrite, protected)  # before the (long) read, so a refusal comes at once
         max_text_len = spec.max_text_len if max_text_len is None else max_text_len
+        if categories and "categories" not in spec.options.values():
+            raise M3AEError(f"--categories applies to vqa-med-2019 only, not to {dataset}")
         _check_options(image_size, max_text_len, image_format)
         issues = Issues(on_error)
         values = {"label_column": label_column, "references": references, "eval_size": eval_size,
-                  "task": task, "allow_outside_src": allow_outside_src}
+                  "task": task, "allow_outside_src": allow_outside_src, "categories": categories}
         task_name, splits, vocabulary, extra = _read_splits(spec, src, protocol, seed, issues, from_arrow, values)
         unique = folder_kind(task_name).unique
         if unique is not None and not from_arrow:
@@ -87,7 +95,12 @@ def prepare_dataset(
         summary = write_prepared(out, splits, opts, issues, overwrite, vocabulary, protected)
         if protocol == "paper" and not from_arrow:
             _note_answer_count(spec, summary)
-        return summary
+    if check_overlap:
+        from m3ae.data.guard import format_overlaps, overlap_report
+
+        summary["overlap"] = overlap_report([out, *map(Path, check_overlap)])
+        print(format_overlaps(summary["overlap"]))
+    return summary
 
 
 def _note_answer_count(spec: Any, summary: dict[str, Any]) -> None:
@@ -142,6 +155,8 @@ def _reader_options(spec: Any, src: Path, values: dict[str, Any]) -> tuple[dict[
             continue  # not given: the reader's default
         elif argument == "label_column":
             extra["label_column"] = value
+        elif argument == "categories":
+            extra["categories"] = list(sources.medvqa_categories(value))
         options[keyword] = value
     return options, extra
 
@@ -218,6 +233,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the original recipe's length for the dataset, e.g. 32 for VQA, 128 for MELINDA)",
     )
     parser.add_argument(
+        "--categories",
+        default=None,
+        help="vqa-med-2019: question categories, 'all' or comma-separated from Modality, Plane, Organ, "
+        "Abnormality (default: the original's Modality, Organ, Plane)",
+    )
+    parser.add_argument(
+        "--check-overlap",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="after writing, report images shared with these prepared folders (and between the new "
+        "folder's splits), by id, exact pixels and near-duplicate pixels",
+    )
+    parser.add_argument(
         "--task",
         choices=("pretrain", "irtr"),
         default=None,
@@ -244,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
         task=args.task,
         allow_outside_src=args.allow_outside_src,
         max_text_len=args.max_text_len,
+        categories=args.categories,
+        check_overlap=args.check_overlap,
     )
     print(format_summary(summary, args.out))
     return 0

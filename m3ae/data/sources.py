@@ -25,6 +25,10 @@ MEDICAT_EVAL_SIZE = 1000
 ROCO_POOL_SIZE = 2000
 """ROCO retrieval: image-caption pairs in the val and test pools."""
 MEDVQA_CATEGORIES = ("Modality", "Organ", "Plane")  # Abnormality (C4) excluded, as upstream
+MEDVQA_ALL_CATEGORIES = ("Modality", "Plane", "Organ", "Abnormality")  # the organisers' C1..C4
+SLAKE_IMAGE_FIELDS = {"modality": "modality", "location": "location"}
+"""SLAKE record field -> image metadata name (metadata.json)."""
+VQA_RAD_IMAGE_FIELDS = {"image_organ": "organ"}
 SLAKE_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
 MELINDA_FILES = {"train": "train.csv", "val": "dev.csv", "test": "test.csv"}
 MELINDA_LABEL_COLUMNS = ("i_meth", "p_meth", "i_meth_label", "p_meth_label")
@@ -57,8 +61,11 @@ def _record_fields(record: Any, where: str, fields: tuple[str, ...], split: str,
 
 
 def _vqa_examples(
-    path: Path, split: str, image_root: Path, name_key: str, issues: Issues, keep=lambda r: True
+    path: Path, split: str, image_root: Path, name_key: str, issues: Issues, keep=lambda r: True,
+    category_key: str | None = None, image_keys: dict[str, str] | None = None,
 ) -> list[RawExample]:
+    """VQA records of one JSON file. ``category_key`` names the record's question category,
+    ``image_keys`` maps record fields that describe the image to their metadata names."""
     examples = []
     for i, rec in enumerate(read_json_list(path)):
         where = f"{path} record {i}"
@@ -69,6 +76,8 @@ def _vqa_examples(
         if not keep(rec):
             issues.filter(split, "not_english")
             continue
+        meta = {name: str(rec[key]).strip() for key, name in (image_keys or {}).items()
+                if str(rec.get(key) or "").strip()}
         examples.append(
             RawExample(
                 split=split,
@@ -79,6 +88,8 @@ def _vqa_examples(
                 answer=rec["answer"],
                 answer_type=rec["answer_type"],
                 question_id=int(rec["qid"]),
+                category=str(rec[category_key]).strip() if category_key and rec.get(category_key) else None,
+                image_meta=meta or None,
             )
         )
     return examples
@@ -104,13 +115,13 @@ def read_vqa_rad(src: Path, protocol: str, seed: int, issues: Issues) -> dict[st
     is). clean: val = 10% of the train images, held out with ``seed``.
     """
     images = src / "images"
-    splits = {
-        s: _vqa_examples(src / f"{s}set.json", s, images, "image_name", issues) for s in ("train", "test")
-    }
+    read = lambda path, split: _vqa_examples(path, split, images, "image_name", issues,
+                                            category_key="question_type", image_keys=VQA_RAD_IMAGE_FIELDS)
+    splits = {s: read(src / f"{s}set.json", s) for s in ("train", "test")}
     if protocol == "paper":
         valset = src / "valset.json"
         if valset.exists():
-            splits["val"] = _vqa_examples(valset, "val", images, "image_name", issues)
+            splits["val"] = read(valset, "val")
         else:
             splits["val"] = [RawExample(**{**ex.__dict__, "split": "val"}) for ex in splits["test"]]
     else:
@@ -127,7 +138,8 @@ def read_slake(src: Path, protocol: str, seed: int, issues: Issues) -> dict[str,
     """
     english = lambda rec: rec.get("q_lang") == "en"
     splits = {
-        s: _vqa_examples(src / f, s, src / "imgs", "img_name", issues, english)
+        s: _vqa_examples(src / f, s, src / "imgs", "img_name", issues, english,
+                         category_key="content_type", image_keys=SLAKE_IMAGE_FIELDS)
         for s, f in SLAKE_FILES.items()
     }
     if protocol == "clean":
@@ -148,41 +160,112 @@ def _drop_empty_answers(examples: list[RawExample], issues: Issues) -> list[RawE
     return kept
 
 
-def read_medvqa_2019(src: Path, protocol: str, seed: int, issues: Issues) -> dict[str, list[RawExample]]:
-    """ImageCLEF VQA-Med 2019: {split}/QA/{Modality,Organ,Plane}.csv lines ``image_id|question|answer``.
+MEDVQA_RELEASE_SPLITS = {"train": "train", "val": "val"}
+"""Split -> the tag of the organisers' file names (``C1_Modality_train.txt``, ``Train_images/``)."""
+MEDVQA_TEST_QUESTIONS = "VQAMed2019_Test_Questions_w_Ref_Answers.txt"
+MEDVQA_TEST_IMAGES = "VQAMed2019_Test_Images"
+MEDVQA_NO_TEST_IMAGES = "test_images_not_released"
+"""Filter reason: the organisers never released the 500 test images publicly, only the questions."""
 
-    Question ids are running line numbers over the three files, continued across splits (upstream).
-    Every question is OPEN.
+
+def medvqa_categories(categories: str | None) -> tuple[str, ...]:
+    """``--categories``: None -> upstream's Modality, Organ, Plane; "all" -> the four; else a
+    comma-separated list of names (any case)."""
+    if not categories:
+        return MEDVQA_CATEGORIES
+    if categories.strip().lower() == "all":
+        return MEDVQA_ALL_CATEGORIES
+    known = {c.lower(): c for c in MEDVQA_ALL_CATEGORIES}
+    names = [c.strip().lower() for c in categories.split(",") if c.strip()]
+    unknown = [c for c in names if c not in known]
+    if unknown or not names:
+        raise DataError(f"--categories: unknown {unknown or categories!r}; expected 'all' or some of "
+                        f"{', '.join(MEDVQA_ALL_CATEGORIES)}")
+    return tuple(known[c] for c in names)
+
+
+def _medvqa_lines(path: Path, split: str, category: str | None, issues: Issues):
+    """(where, image id, category, question, answer) per line of a VQA-Med text file: lines are
+    ``image_id|question|answer`` in per-category files and ``image_id|category|question|answer``
+    in the test file (``category`` None)."""
+    fields = 3 if category else 4
+    text = path.read_text(encoding="utf-8").strip()
+    for n, line in enumerate(text.split("\n") if text else []):
+        where, parts = f"{path}:{n + 1}", line.rstrip("\r").split("|")
+        if len(parts) != fields:
+            shape = "image_id|question|answer" if category else "image_id|category|question|answer"
+            issues.bad(split, "malformed_line", f"{where}: expected {shape}, got {line!r}")
+            continue
+        if category:
+            yield where, parts[0], category, parts[1], parts[2]
+        else:
+            yield where, parts[0], parts[1].strip().capitalize(), parts[2], parts[3]
+
+
+def _medvqa_original(src: Path, split: str, chosen: tuple[str, ...]) -> list[tuple[Path, str | None, Path, str]]:
+    """The original code's layout: (QA file, category, image folder, image-id prefix) per category."""
+    images = src / split / "images"
+    return [(_require(src / split / "QA" / f"{c}.csv", "VQA-Med QA file"), c, images, f"{split}/images/")
+            for c in chosen]
+
+
+def _medvqa_release(src: Path, split: str, chosen: tuple[str, ...]) -> list[tuple[Path, str | None, Path, str]]:
+    """The organisers' layout: ``<Split>/QAPairsByCategory/C<n>_<Category>_<split>.txt`` and
+    ``<Split>/<Split>_images/``; the test file ``*/VQAMed2019_Test_Questions_w_Ref_Answers.txt``
+    (optional: its categories are in each line; images in ``VQAMed2019_Test_Images/``)."""
+    if split == "test":
+        found = sorted(src.glob(f"*/{MEDVQA_TEST_QUESTIONS}"))
+        return [(found[0], None, found[0].parent / MEDVQA_TEST_IMAGES,
+                 f"{found[0].parent.name}/{MEDVQA_TEST_IMAGES}/")] if found else []
+    tag = MEDVQA_RELEASE_SPLITS[split]
+    files = {path.stem.split("_")[1]: path for path in src.glob(f"*/QAPairsByCategory/C*_{tag}.txt")}
+    out = []
+    for category in chosen:
+        if category not in files:
+            raise DataError(f"{src}: no */QAPairsByCategory/C*_{category}_{tag}.txt (VQA-Med {split} {category})")
+        folder = files[category].parent.parent
+        images = folder / f"{tag.capitalize()}_images"
+        out.append((files[category], category, images, f"{folder.name}/{images.name}/"))
+    return out
+
+
+def read_medvqa_2019(
+    src: Path, protocol: str, seed: int, issues: Issues, categories: str | None = None
+) -> dict[str, list[RawExample]]:
+    """ImageCLEF VQA-Med 2019, in the original code's layout (``{split}/QA/{Category}.csv``) or the
+    organisers' (``<Split>/QAPairsByCategory/C*_<split>.txt``, ``<Split>_images/``, the test questions).
+
+    ``categories`` chooses the question categories (default: upstream's, without Abnormality); each
+    example records its category. Question ids are running line numbers over the category files,
+    continued across splits (upstream). Every question is OPEN. Test questions whose images folder
+    is absent (the public release) are dropped and counted as ``test_images_not_released``.
     """
+    chosen = medvqa_categories(categories)
+    if (src / "train" / "QA").is_dir():
+        layout = _medvqa_original
+    elif any(src.glob("*/QAPairsByCategory")):
+        layout = _medvqa_release
+    else:
+        raise DataError(f"{src}: no VQA-Med 2019 layout: expected train/QA/*.csv (the original code's) or "
+                        "<Split>/QAPairsByCategory/C*_<split>.txt (the organisers')")
     splits, offset = {}, 0
     for split in SPLITS:
-        lines: list[tuple[str, str]] = []
-        for category in MEDVQA_CATEGORIES:
-            path = _require(src / split / "QA" / f"{category}.csv", "VQA-Med QA file")
-            text = path.read_text(encoding="utf-8").strip()
-            lines += [(f"{path}:{n + 1}", line.rstrip("\r")) for n, line in enumerate(text.split("\n"))]
+        lines = []
+        for path, category, images, prefix in layout(src, split, chosen):
+            lines += [(line, images, prefix) for line in _medvqa_lines(path, split, category, issues)]
         examples = []
-        for idx, (where, line) in enumerate(lines):
-            parts = line.split("|")
-            if len(parts) != 3:
-                issues.bad(
-                    split, "malformed_line", f"{where}: expected image_id|question|answer, got {line!r}"
-                )
+        for idx, ((where, image_id, category, question, answer), images, prefix) in enumerate(lines):
+            if category not in chosen:
                 continue
-            image_id, question, answer = parts
-            examples.append(
-                RawExample(
-                    split=split,
-                    image_id=f"{split}/images/{image_id}.jpg",
-                    where=where,
-                    image_path=src / split / "images" / f"{image_id}.jpg",
-                    text=question,
-                    answer=answer,
-                    answer_type="OPEN",
-                    question_id=idx + offset,
-                )
-            )
+            examples.append(RawExample(
+                split=split, image_id=f"{prefix}{image_id}.jpg", where=where,
+                image_path=images / f"{image_id}.jpg", text=question, answer=answer,
+                answer_type="OPEN", question_id=idx + offset, category=category,
+            ))
         offset += len(lines)
+        if split == "test" and examples and not examples[0].image_path.parent.is_dir() and layout is _medvqa_release:
+            issues.filter(split, MEDVQA_NO_TEST_IMAGES, len(examples))
+            examples = []
         splits[split] = examples
     return splits
 

@@ -68,9 +68,12 @@ DATASETS: dict[str, DatasetSpec] = {
             "vqa-med-2019",
             "vqa",
             sources.read_medvqa_2019,
-            "{train,val,test}/QA/{Modality,Organ,Plane}.csv + {train,val,test}/images/",
+            "{train,val,test}/QA/{Modality,Organ,Plane}.csv + {train,val,test}/images/ (the original code's), "
+            "or <Split>/QAPairsByCategory/C*_<split>.txt + <Split>/<Split>_images/ [+ VQAMed2019Test/] "
+            "(the organisers')",
             32,
             79,
+            options={"categories": "categories"},
         ),
         DatasetSpec(
             "melinda",

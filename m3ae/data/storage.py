@@ -57,6 +57,10 @@ EXAMPLE_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
 }
 DEFAULT_SHARD_SIZE = 20_000
 SUMMARY_FILE, ANSWERS_FILE, LABELS_FILE = "summary.json", "answers.json", "labels.json"
+METADATA_FILE = "metadata.json"
+"""Sidecar of a VQA folder: ``{"questions": {question_id: {"category", "answer"}}, "images": {image_id:
+{field: value}}}``: what a release says beyond the QA pairs (the category, the answer before VQA
+normalisation, SLAKE modality/location, VQA-RAD organ), read by `m3ae corpus` when present."""
 
 
 def example_schema(task: str) -> pa.Schema:
@@ -153,6 +157,13 @@ def read_summary(data_dir: str | Path) -> dict[str, Any]:
 def read_answers(data_dir: str | Path) -> list[str]:
     """The ordered VQA answer list (label i is ``answers[i]``)."""
     return list(_read_json(Path(data_dir) / ANSWERS_FILE))
+
+
+def read_metadata(data_dir: str | Path) -> dict[str, Any]:
+    """``metadata.json`` of a VQA folder (question categories, raw answers, image fields); {} when
+    the folder has none (written before it existed, or by a reader that knows nothing more)."""
+    path = Path(data_dir) / METADATA_FILE
+    return dict(_read_json(path)) if path.exists() else {}
 
 
 def read_labels(data_dir: str | Path) -> list[str]:

@@ -127,7 +127,8 @@ def _summary(data_dir: str | Path | list, task: str) -> dict[str, Any]:
             raise M3AEError(f"{d}: prepared for task {data_task!r}, but the recipe trains {task!r}")
     if len(summaries) == 1:
         return summaries[0]
-    combined = {**summaries[0], "dataset": "+".join(str(s.get("dataset")) for s in summaries), "splits": {}}
+    combined = {**summaries[0], "dataset": "+".join(str(s.get("dataset")) for s in summaries), "splits": {},
+                "guards": [s["guard"] for s in summaries if s.get("guard")]}
     for split in {name for s in summaries for name in s.get("splits", {})}:
         combined["splits"][split] = {
             "examples": sum(int(s.get("splits", {}).get(split, {}).get("examples", 0)) for s in summaries)
@@ -338,6 +339,8 @@ def _write_model_card(cfg: RunConfig, best_dir: Path, summary: dict[str, Any], r
                      "val_is_test": report.get("val_is_test"), "seed": cfg.train.seed,
                      "precision": f"{report.get('precision')} ({report.get('precision_reason')})"},
         "command": current_command(),
+        # what the leakage guard of each `m3ae corpus` folder left out, so the card says it
+        "leakage_guard": summary.get("guards", [summary["guard"]] if summary.get("guard") else []),
     })
 
 
