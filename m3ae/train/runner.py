@@ -50,15 +50,28 @@ def _say(msg: str) -> None:
 
 # -- model and tokenizer --------------------------------------------------------------------------
 
+def _local_folder(source: str | Path) -> Path:
+    """A shipped model's name or a ``package:`` path -> its folder; other paths unchanged."""
+    from m3ae.guards import resolve_packaged
+    from m3ae.weights.pretrained import SHIPPED, shipped_folder
+
+    if isinstance(source, str) and source in SHIPPED and not Path(source).exists():
+        return shipped_folder(source)
+    return resolve_packaged(source)
+
+
 def _has_tokenizer(path: str | Path | None) -> bool:
-    return path is not None and Path(path).is_dir() and any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+    if path is None:
+        return False
+    path = _local_folder(path)
+    return path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES)
 
 
 def tokenizer_path(cfg: RunConfig) -> str | None:
     """Explicit ``model.tokenizer``, else the pretrained folder's or the text tower's, else packaged."""
     for candidate in (cfg.model.tokenizer, cfg.model.pretrained, cfg.model.text_weights):
         if candidate is not None and (candidate == cfg.model.tokenizer or _has_tokenizer(candidate)):
-            return str(candidate)
+            return str(_local_folder(candidate))
     return None
 
 

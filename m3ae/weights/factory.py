@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from m3ae.errors import M3AEError
+from m3ae.guards import resolve_packaged
 from m3ae.models import io
 from m3ae.models.config import ModelConfig
 from m3ae.models.heads import init_irtr_from_itm
 from m3ae.models.m3ae import M3AE
 from m3ae.weights.clip import load_clip_vision
-from m3ae.weights.pretrained import PRETRAINED, resolve_pretrained
+from m3ae.weights.pretrained import PRETRAINED, SHIPPED, resolve_pretrained, shipped_folder
 from m3ae.weights.text import load_text_weights, text_config_from_folder
 from m3ae.weights.upstream import read_upstream
 
@@ -36,16 +37,20 @@ def resolve_config(name_or_config: str | ModelConfig | dict[str, Any]) -> ModelC
 
 
 def _require(path: str | Path, what: str) -> Path:
-    p = Path(path).expanduser()
+    p = resolve_packaged(path)
     if not p.exists():
         raise M3AEError(f"{what} not found: {p} (m3ae reads local files only and never downloads)")
     return p
 
 
-def _resolve_named(pretrained: str | Path) -> str | Path:
-    """A registered `arch.tag` -> its local file; a Hub id -> its cached snapshot; paths unchanged."""
-    if isinstance(pretrained, str) and pretrained in PRETRAINED and not Path(pretrained).exists():
-        return resolve_pretrained(pretrained)
+def resolve_source(pretrained: str | Path) -> str | Path:
+    """A model shipped with m3ae (``m3ae-small-medvqa``) -> its folder; a registered `arch.tag` -> its
+    local file; a Hub id -> its cached snapshot; paths unchanged."""
+    if isinstance(pretrained, str) and not Path(pretrained).exists():
+        if pretrained in SHIPPED:
+            return shipped_folder(pretrained)
+        if pretrained in PRETRAINED:
+            return resolve_pretrained(pretrained)
     if io.is_hub_id(pretrained):
         return io.resolve_model_dir(pretrained)  # the local Hugging Face cache only, never a download
     return pretrained
@@ -106,7 +111,7 @@ def _final_config(cfg: ModelConfig | None, text_weights: Any, heads: Any, num_an
 
 def create_model(
     name_or_config: str | ModelConfig | dict[str, Any] | None = None,
-    pretrained: str | Path | None = None,
+    pretrained: str | Path | bool | None = None,
     vision_weights: str | Path | None = None,
     text_weights: str | Path | None = None,
     heads: list[str] | tuple[str, ...] | None = None,
@@ -119,8 +124,10 @@ def create_model(
     Args:
         name_or_config: preset name ("m3ae-base", "m3ae-small", "m3ae-tiny"), ModelConfig or dict.
             Optional when `pretrained` is given (the checkpoint then defines the architecture).
-        pretrained: one of our model folders, an official M3AE Lightning `.ckpt`, or a registered
-            name such as "m3ae_base_patch16_288.roco_medicat" (see `m3ae.weights.pretrained`).
+        pretrained: one of our model folders, an official M3AE Lightning `.ckpt`, a registered
+            name such as "m3ae_base_patch16_288.roco_medicat" (see `m3ae.weights.pretrained`), the
+            name of a model shipped with m3ae ("m3ae-small-medvqa"), or True when ``name_or_config``
+            is such a shipped name.
         vision_weights: local OpenAI CLIP ViT-B/16 file/folder for the vision tower.
         text_weights: local HF folder (RoBERTa/BERT/MiniLM); its config.json defines the text tower.
         heads: task heads to build (default: the config's / checkpoint's heads). New heads keep a
@@ -137,6 +144,11 @@ def create_model(
         M3AEError: unknown name, missing path, or architecture mismatch.
         CheckpointError: weights that do not match.
     """
+    if pretrained is True:  # create_model("m3ae-small-medvqa", pretrained=True): the name is the weights
+        if not isinstance(name_or_config, str) or name_or_config not in SHIPPED:
+            raise M3AEError(f"pretrained=True needs the name of a model shipped with m3ae ({sorted(SHIPPED)}), "
+                            f"got {name_or_config!r}; pass a folder or checkpoint path as pretrained= instead")
+        name_or_config, pretrained = None, name_or_config
     if pretrained is not None and (vision_weights is not None or text_weights is not None):
         # tower weights initialise a model from scratch; after a full checkpoint they would
         # silently overwrite its trained towers
@@ -146,15 +158,18 @@ def create_model(
     cfg = resolve_config(name_or_config) if name_or_config is not None else None
     source_cfg, state_dict, notes = None, None, []
     if pretrained is not None:
-        pretrained = _resolve_named(pretrained)
+        pretrained = resolve_source(pretrained)
         source_cfg, state_dict, notes = _read_source(_require(pretrained, "pretrained weights"), image_size)
         cfg = _config_with_source(cfg, source_cfg, pretrained, name_or_config)
     cfg = _final_config(cfg, text_weights, heads, num_answers, num_classes, image_size)
     model = M3AE(cfg)
     report = io.LoadReport()
     if state_dict is not None:
-        report = _load_checkpoint(model, state_dict, str(pretrained), source_cfg)
+        external_text = not any(key.startswith("text_encoder.") for key in state_dict)
+        report = _load_checkpoint(model, state_dict, str(pretrained), source_cfg, external_text)
         report.notes = notes + report.notes
+        if external_text:  # saved without its (frozen, pretrained) text tower: the folder names its source
+            report.notes.append(_load_external_text(model, cfg, pretrained))
     if vision_weights is not None:
         report.notes.append(load_clip_vision(model.vision_encoder, _require(vision_weights, "CLIP weights")))
     text_path = text_weights or cfg.text.pretrained_path
@@ -165,13 +180,24 @@ def create_model(
     return model
 
 
+def _load_external_text(model: M3AE, cfg: ModelConfig, source: Any) -> str:
+    """The text tower of a folder saved without it, from the folder config's ``text.pretrained_path``."""
+    if not cfg.text.pretrained_path:
+        raise M3AEError(f"{source}: the weights hold no text tower and config.json names no "
+                        "text.pretrained_path to load it from")
+    load_text_weights(model.text_encoder, _require(cfg.text.pretrained_path, "text weights"))
+    return f"text tower loaded from {cfg.text.pretrained_path} (the folder ships without it)"
+
+
 def _load_checkpoint(
-    model: M3AE, state_dict: dict[str, torch.Tensor], source: str, source_cfg: ModelConfig
+    model: M3AE, state_dict: dict[str, torch.Tensor], source: str, source_cfg: ModelConfig,
+    external_text: bool = False,
 ) -> Any:
-    """Load with the allow-lists "new heads may be missing" and "unrequested heads may be dropped"."""
+    """Load with the allow-lists "new heads may be missing", "unrequested heads may be dropped" and,
+    for a folder saved without its text tower (``external_text``), "the text tower may be missing"."""
     have = set(source_cfg.heads)
     want = set(model.config.heads)
-    new = tuple(f"heads.{h}." for h in sorted(want - have))
+    new = tuple(f"heads.{h}." for h in sorted(want - have)) + (("text_encoder.",) if external_text else ())
     dropped = tuple(f"heads.{h}." for h in sorted(have - want))
     report = io.load_state_dict_checked(model, state_dict, source, allow_missing=new, allow_unexpected=dropped)
     if "irtr" in want - have and "heads.itm.weight" in state_dict:

