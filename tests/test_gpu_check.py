@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ import torch
 from m3ae import gpu_check as G
 from m3ae.errors import M3AEError
 
+ROOT = Path(__file__).resolve().parents[1]
 ENV = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8", "date": "2026-12-06 14:00 UTC"}
 
 
@@ -95,6 +100,16 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_zero(tmp_path, capsys):
     record = json.loads((tmp_path / "gpu_check.json").read_text())["checks"]
     assert record == [{"name": "cuda", "ok": None, "seconds": 0.0, "numbers": {}, "error": out[0]}]
     assert "nothing to check" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA exit needs a machine without CUDA")
+def test_the_script_runs_the_module_with_the_python_it_is_given(tmp_path):
+    env = {**os.environ, "M3AE_PYTHON": sys.executable, "OUT": str(tmp_path)}
+    done = subprocess.run([str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"using {sys.executable}" in done.stderr and "no CUDA device: nothing to check" in done.stdout
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["checks"][0]["name"] == "cuda"
 
 
 def test_parity_of_a_device_with_itself_is_zero_and_a_changed_weight_fails_loudly():
