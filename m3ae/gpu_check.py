@@ -78,6 +78,14 @@ class CheckResult:
     error: str | None = None
 
 
+class CheckFailed(M3AEError):
+    """A check that measured its numbers and found them wrong: they are kept in the record."""
+
+    def __init__(self, message: str, numbers: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.numbers = numbers
+
+
 # ------------------------------------------------------------------------------ arithmetic
 def peak_tflops(device_name: str, precision: str) -> float | None:
     """The device's dense peak TFLOP/s at ``precision`` (bf16 or fp32); None for a device not in
@@ -235,14 +243,6 @@ def check_parity() -> dict[str, Any]:
     return numbers
 
 
-class CheckFailed(M3AEError):
-    """A check that measured its numbers and found them wrong: they are kept in the record."""
-
-    def __init__(self, message: str, numbers: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.numbers = numbers
-
-
 # ------------------------------------------------------------------------------ base-size steps
 def device_name() -> str:
     """The CUDA device's name ("NVIDIA H100 80GB HBM3"), or "cpu"."""
@@ -258,12 +258,12 @@ def check_training(job: str, batch: int = BASE_BATCH) -> dict[str, Any]:
 
     r = run_job(BenchSpec(job=job, size="m3ae-base", batch=batch, steps=5, warmup=2, precision="bf16",
                           device="cuda", flops=True))
-    flop = r["gflop_per_step"] * 1e9
-    util = mfu(flop, r["sec_per_step"], peak_tflops(device_name(), r["precision"]))
+    peak = peak_tflops(device_name(), r["precision"])
     return {"batch": r["batch"], "image_size": r["image_size"], "precision": r["precision"],
             "sec_per_step": r["sec_per_step"], "samples_per_s": r["samples_per_s"],
             "gflop_per_step": r["gflop_per_step"], "achieved_tflops": r["achieved_gflops"] / 1e3,
-            "mfu": util, "peak_gpu_gib": r["peak_cuda_gib"]}
+            "peak_tflops": peak, "mfu": mfu(r["gflop_per_step"] * 1e9, r["sec_per_step"], peak),
+            "peak_gpu_gib": r["peak_cuda_gib"]}
 
 
 def check_latency() -> dict[str, Any]:
