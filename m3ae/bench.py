@@ -142,7 +142,7 @@ def synthetic_batch(job: str, config, batch: int, text_len: int, num_answers: in
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _build(spec: BenchSpec, device):
+def bench_model(spec: BenchSpec, device):
     """The model (random weights, heads of the job) and its resolved shapes."""
     import torch
 
@@ -206,7 +206,7 @@ def run_here(spec: BenchSpec) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise M3AEError("--device cuda but no CUDA device is available")
     precision = resolve_inference_precision(spec.precision, device)
-    model, batch_size, image, text_len = _build(spec, device)
+    model, batch_size, image, text_len = bench_model(spec, device)
     n_params = sum(p.numel() for p in model.parameters())
     if spec.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -272,7 +272,7 @@ def model_flops(spec: BenchSpec, precision, device) -> int:
 
     from m3ae.quantize import autocast_name
 
-    model, batch_size, _, text_len = _build(spec, device)
+    model, batch_size, _, text_len = bench_model(spec, device)
     batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
     step = _step_function(replace(spec, memory="normal"), model, batch, autocast_name(precision), device)
     counter = FlopCounterMode(display=False)

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("m3ae.export_cli", "export a model folder to ONNX (VQA logits and encoder features)"),
     "embed": ("m3ae.embed", "write image, text and joint embeddings of a data set to Parquet"),
     "bench": ("m3ae.bench", "time a pre-training step, a VQA step or inference on this machine (fresh process)"),
+    "gpu-check": ("m3ae.gpu_check", "check and measure the library on one CUDA GPU in under 10 minutes (parity "
+                                    "with CPU, base-size steps and MFU, latency, NCCL): JSON + Markdown"),
 }
 
 
