@@ -6,7 +6,7 @@ STAMP := $(VENV)/.m3ae-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test demo corpus bench orig-setup bench-original clean
+.PHONY: setup test demo corpus pretrain-small bench orig-setup bench-original clean
 
 setup: $(STAMP)
 
@@ -33,10 +33,17 @@ CORPUS_DIR ?= prepared
 M3AE := $(VENV)/bin/python -m m3ae.cli
 corpus: setup
 	$(M3AE) prepare vqa-med-2019 --src data/vqa_med_2019 --out $(CORPUS_DIR)/vqa_med_2019 --protocol clean --categories all --overwrite
-	$(M3AE) prepare slake --src data/slake --out $(CORPUS_DIR)/slake --protocol clean --on-error skip --overwrite
+	$(M3AE) prepare slake --src data/slake --out $(CORPUS_DIR)/slake --protocol clean --overwrite
 	$(M3AE) prepare vqa-rad --src data/vqa_rad --out $(CORPUS_DIR)/vqa_rad --protocol clean --seed 0 --overwrite
 	$(M3AE) corpus --from $(CORPUS_DIR)/vqa_med_2019 $(CORPUS_DIR)/slake $(CORPUS_DIR)/vqa_rad:train \
 	  --exclude $(CORPUS_DIR)/vqa_rad $(CORPUS_DIR)/slake --out $(CORPUS_DIR)/open_corpus --overwrite
+
+# The shipped m3ae-small-medvqa, pre-trained again from the bundled data (docs/learning.md): the corpus, then
+# the recipe. Resumable: run it again after a kill and it goes on from its last checkpoint.
+PRETRAIN_DIR ?= runs/m3ae_small_medvqa
+pretrain-small: corpus
+	$(M3AE) pretrain --config configs/pretrain/m3ae_small_medvqa.yaml --data $(CORPUS_DIR)/open_corpus \
+	  --out $(PRETRAIN_DIR) --resume
 
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_data.py

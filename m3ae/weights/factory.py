@@ -20,7 +20,7 @@ from m3ae.models.config import ModelConfig
 from m3ae.models.heads import init_irtr_from_itm
 from m3ae.models.m3ae import M3AE
 from m3ae.weights.clip import load_clip_vision
-from m3ae.weights.pretrained import PRETRAINED, SHIPPED, resolve_pretrained, shipped_folder
+from m3ae.weights.pretrained import PRETRAINED, resolve_pretrained, shipped_folder, shipped_names
 from m3ae.weights.text import load_text_weights, text_config_from_folder
 from m3ae.weights.upstream import read_upstream
 
@@ -47,7 +47,7 @@ def resolve_source(pretrained: str | Path) -> str | Path:
     """A model shipped with m3ae (``m3ae-small-medvqa``) -> its folder; a registered `arch.tag` -> its
     local file; a Hub id -> its cached snapshot; paths unchanged."""
     if isinstance(pretrained, str) and not Path(pretrained).exists():
-        if pretrained in SHIPPED:
+        if pretrained in shipped_names():
             return shipped_folder(pretrained)
         if pretrained in PRETRAINED:
             return resolve_pretrained(pretrained)
@@ -69,11 +69,13 @@ def _read_source(
 
 
 def _same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
-    """Same towers and fusion, ignoring image size, heads and where the text weights came from."""
+    """Same towers and fusion, ignoring image size, heads, the position table's initialisation and
+    where the text weights came from."""
 
     def arch(c: ModelConfig) -> tuple[dict[str, Any], ...]:
         vision, text = dataclasses.asdict(c.vision), dataclasses.asdict(c.text)
         vision.pop("image_size")
+        vision.pop("pos_init")  # how a table starts from scratch; loaded weights replace it
         text.pop("pretrained_path")
         return vision, text, dataclasses.asdict(c.fusion)
 
@@ -145,8 +147,9 @@ def create_model(
         CheckpointError: weights that do not match.
     """
     if pretrained is True:  # create_model("m3ae-small-medvqa", pretrained=True): the name is the weights
-        if not isinstance(name_or_config, str) or name_or_config not in SHIPPED:
-            raise M3AEError(f"pretrained=True needs the name of a model shipped with m3ae ({sorted(SHIPPED)}), "
+        if not isinstance(name_or_config, str) or name_or_config not in shipped_names():
+            raise M3AEError(f"pretrained=True needs the name of a model shipped with m3ae "
+                            f"({shipped_names() or 'none ships yet'}), "
                             f"got {name_or_config!r}; pass a folder or checkpoint path as pretrained= instead")
         name_or_config, pretrained = None, name_or_config
     if pretrained is not None and (vision_weights is not None or text_weights is not None):

