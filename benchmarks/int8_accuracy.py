@@ -6,7 +6,11 @@ of questions whose answer is unchanged, both accuracies (open / closed / overall
 seconds each pass took. The goal (issue 12): the same answer on >= 98% of the VQA-RAD test
 questions and overall accuracy within 1 point of fp32.
 
+``--bf16-weights`` compares bf16 inference with bf16 weights (what ``--precision bf16``/``auto`` runs)
+against bf16 autocast over the fp32 weights (what it ran before); goal: the same answer on >= 99%.
+
 Usage:
+    python benchmarks/int8_accuracy.py --model runs/vqa_rad/best --data prepared/vqa_rad --bf16-weights
     python benchmarks/int8_accuracy.py --model runs/vqa_rad/best --data prepared/vqa_rad [--split test]
         [--batch-size 32] [--threads N] [--parts vision_encoder text_encoder ...] [--sensitivity] [--json]
 
@@ -29,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 GOAL_AGREEMENT = 98.0  # percent of questions with the fp32 answer
 GOAL_ACCURACY_GAP = 1.0  # points of overall accuracy
+GOAL_BF16_AGREEMENT = 99.0  # percent of questions where bf16 weights give bf16 autocast's answer (issue 26)
 
 
 def load_split(model_dir: Path, data_dir: Path, split: str):
@@ -100,6 +105,55 @@ def compare(model_dir: Path, data_dir: Path, split: str = "test", batch_size: in
     return report
 
 
+def compare_bf16_weights(model_dir: Path, data_dir: Path, split: str = "test", batch_size: int = 32) -> dict:
+    """bf16 inference as it runs now (bf16 weights) against autocast over the fp32 weights (before).
+
+    Both passes run under bf16 autocast; the only difference is where the weights live. Reports the
+    share of questions with the same answer, both accuracies and the fp32 accuracy for reference.
+    """
+    import torch
+
+    from m3ae.models import M3AE
+    from m3ae.train.evaluation import evaluate_vqa
+
+    model, task, dataset = load_split(model_dir, data_dir, split)
+    fp32, fp32_out = evaluate_vqa(model, dataset, batch_size, "fp32", task=task)
+    t0 = time.perf_counter()
+    auto, auto_out = evaluate_vqa(model, dataset, batch_size, "bf16", task=task)
+    auto_s = time.perf_counter() - t0
+    lean = M3AE.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    t0 = time.perf_counter()
+    weights, weights_out = evaluate_vqa(lean, dataset, batch_size, "bf16", task=task)
+    weights_s = time.perf_counter() - t0
+    same = 100.0 * float((auto_out["pred"] == weights_out["pred"]).float().mean())
+    return {
+        "model": str(model_dir), "data": str(data_dir), "split": split, "n": fp32["n"], "mode": "bf16-weights",
+        "same_answer_pct": same,
+        "same_answer_as_fp32_pct": 100.0 * float((fp32_out["pred"] == weights_out["pred"]).float().mean()),
+        "fp32": {k: fp32[k] for k in KEYS if k in fp32},
+        "bf16_autocast": {k: auto[k] for k in KEYS if k in auto},
+        "bf16_weights": {k: weights[k] for k in KEYS if k in weights},
+        "bf16_autocast_seconds": auto_s, "bf16_weights_seconds": weights_s,
+        "meets_goal": same >= GOAL_BF16_AGREEMENT,
+    }
+
+
+def format_bf16_report(r: dict) -> str:
+    """A few readable lines for `compare_bf16_weights`."""
+    def acc(scores: dict) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+
+    return "\n".join([
+        f"{r['model']} on {r['data']} ({r['split']}, {r['n']} questions): bf16 weights vs bf16 autocast",
+        f"same answer as autocast: {r['same_answer_pct']:.2f}% (goal >= {GOAL_BF16_AGREEMENT:g}%); "
+        f"as fp32: {r['same_answer_as_fp32_pct']:.2f}%",
+        f"fp32 accuracy:          {acc(r['fp32'])}",
+        f"bf16 autocast accuracy: {acc(r['bf16_autocast'])}  [{r['bf16_autocast_seconds']:.1f} s]",
+        f"bf16 weights accuracy:  {acc(r['bf16_weights'])}  [{r['bf16_weights_seconds']:.1f} s]",
+        f"goal {'met' if r['meets_goal'] else 'NOT met'}",
+    ])
+
+
 def format_report(r: dict) -> str:
     """A few readable lines."""
     def acc(scores: dict) -> str:
@@ -130,12 +184,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="submodules to quantise (default: those --precision int8 quantises)")
     p.add_argument("--sensitivity", action="store_true",
                    help="also quantise each part alone and report its agreement")
+    p.add_argument("--bf16-weights", action="store_true",
+                   help="instead of int8: compare bf16 inference with bf16 weights (what --precision bf16/auto "
+                        "runs now) against bf16 autocast over the fp32 weights")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = p.parse_args(argv)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.bf16_weights:
+        report = compare_bf16_weights(args.model, args.data, args.split, args.batch_size)
+        print(json.dumps(report) if args.json else format_bf16_report(report), flush=True)
+        return 0
     report = compare(args.model, args.data, args.split, args.batch_size, args.parts, args.sensitivity)
     print(json.dumps(report) if args.json else format_report(report), flush=True)
     return 0

@@ -62,8 +62,9 @@ class BenchSpec:
     """Input side in pixels; None = the paper's (288 pre-training, 384 VQA)."""
     text_len: int | None = None
     """Tokens per text; None = the paper's (64 pre-training, 32 VQA)."""
-    memory: str = "normal"
-    """normal, lean or low (training jobs; ``train.memory``, see m3ae.train.memory)."""
+    memory: str = "auto"
+    """auto, normal, lean or low (training jobs; ``train.memory``, see m3ae.train.memory); auto
+    measures normal and lean first, as training does (inference ignores it)."""
     compile: bool = False
     """torch.compile the transformer blocks (m3ae.compiling)."""
     grad_checkpointing: bool = False
@@ -97,7 +98,7 @@ def check_spec(spec: BenchSpec) -> None:
                         f"train with (got --job {spec.job})")
     if spec.memory not in MEMORY_MODES:
         raise M3AEError(f"--memory must be one of {MEMORY_MODES} (got {spec.memory!r})")
-    if spec.memory != "normal" and spec.job == "infer":
+    if spec.memory not in ("auto", "normal") and spec.job == "infer":
         raise M3AEError(f"--memory {spec.memory} is a training mode (pretrain, vqa); inference keeps no activations")
     for name in ("steps", "batch", "image_size", "text_len"):
         value = getattr(spec, name)
@@ -142,18 +143,25 @@ def synthetic_batch(job: str, config, batch: int, text_len: int, num_answers: in
     return {k: v.to(device) for k, v in out.items()}
 
 
-def bench_model(spec: BenchSpec, device):
-    """The model (random weights, heads of the job) and its resolved shapes."""
+def bench_model(spec: BenchSpec, device, dtype=None):
+    """The model (random weights, heads of the job) and its resolved shapes.
+
+    ``dtype``: build the model at that inference precision (`m3ae.models.io.to_inference_dtype`, as
+    `m3ae predict` loads it; the weights never exist in fp32 first).
+    """
     import torch
 
     from m3ae.models import M3AE, ModelConfig
+    from m3ae.models.io import default_dtype, to_inference_dtype
 
     config = ModelConfig.from_name(spec.size)
     batch, image, text_len = resolve_shapes(spec)
     heads = ["mlm", "mim", "itm"] if spec.job == "pretrain" else ["vqa"]
     config = config.with_heads(heads, num_answers=NUM_ANSWERS).with_image_size(image)
     torch.manual_seed(0)
-    return M3AE(config).to(device), batch, image, text_len
+    with default_dtype(dtype):
+        model = M3AE(config) if dtype is None else to_inference_dtype(M3AE(config), dtype)
+    return model.to(device), batch, image, text_len
 
 
 def _step_function(spec: BenchSpec, model, batch: dict, precision: str, device):
@@ -195,7 +203,7 @@ def run_here(spec: BenchSpec) -> dict:
     import torch
 
     from m3ae.hardware import cpu_bf16, resolve_inference_precision, usable_cores
-    from m3ae.quantize import autocast_name, quantize_int8
+    from m3ae.quantize import autocast_name, quantize_int8, weight_dtype
     from m3ae.train.memory import apply_memory_mode
 
     check_spec(spec)
@@ -206,18 +214,28 @@ def run_here(spec: BenchSpec) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise M3AEError("--device cuda but no CUDA device is available")
     precision = resolve_inference_precision(spec.precision, device)
-    model, batch_size, image, text_len = bench_model(spec, device)
+    dtype = weight_dtype(precision) if spec.job == "infer" else None  # training keeps fp32 master weights
+    model, batch_size, image, text_len = bench_model(spec, device, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     if spec.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    memory_notes = apply_memory_mode(model, spec.memory)
+    batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
+    memory, why = ("normal", "") if spec.memory == "auto" and spec.job == "infer" else (spec.memory, "")
+    if memory == "auto":  # as a training run resolves it: timed on this batch, cached per machine
+        from m3ae.train.memory import choose_memory_mode
+        from m3ae.train.tasks import PretrainTask, VQATask
+
+        task = PretrainTask() if spec.job == "pretrain" else VQATask()
+        memory, why = choose_memory_mode(task, model.train(), batch, type(task).__name__,
+                                         autocast_name(precision), device)
+    memory_notes = ([why] if why else []) + apply_memory_mode(model, memory)
+    memory_requested, spec = spec.memory, replace(spec, memory=memory)
     if precision.name == "int8":
         quantize_int8(model)
     if spec.compile:
         from m3ae.compiling import compile_model
 
         compile_model(model)
-    batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
     step = _step_function(spec, model, batch, autocast_name(precision), device)
 
     def sync() -> None:
@@ -238,7 +256,7 @@ def run_here(spec: BenchSpec) -> dict:
         cpu_times.append(cpu_seconds() - c0)
     sec = sorted(times)[len(times) // 2]  # median (the upper one for an even count)
     result = {
-        **asdict(spec), "batch": batch_size, "image_size": image, "text_len": text_len,
+        **asdict(spec), "memory_requested": memory_requested, "batch": batch_size, "image_size": image, "text_len": text_len,
         "num_answers": NUM_ANSWERS if spec.job != "pretrain" else None,
         "precision_requested": spec.precision, "precision": precision.name, "precision_reason": precision.reason,
         "sec_per_step": sec, "cpu_sec_per_step": sorted(cpu_times)[len(cpu_times) // 2],
@@ -348,10 +366,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default 0 = torch's default)")
     parser.add_argument("--image-size", type=int, help="image side in pixels (default: 288 pretrain, 384 vqa/infer)")
     parser.add_argument("--text-len", type=int, help="tokens per text (default: 64 pretrain, 32 vqa/infer)")
-    parser.add_argument("--memory", default="normal", choices=MEMORY_MODES,
-                        help="training jobs, as train.memory: lean = activation checkpointing in the two towers; "
+    parser.add_argument("--memory", default="auto", choices=MEMORY_MODES,
+                        help="training jobs, as train.memory: auto = lean when it is not slower than normal here "
+                             "(measured, cached); lean = activation checkpointing in the two towers; "
                              "low = checkpointing everywhere + freed memory returned to the OS + the optimizer "
-                             "step inside backward. Default normal")
+                             "step inside backward. Default auto")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the transformer blocks (inductor, needs gcc/clang)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

@@ -40,6 +40,18 @@ def cpu_bf16() -> bool:
     return any(bool(getattr(cpu, name)()) for name in checks if hasattr(cpu, name))
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else `platform.processor`), to key measured choices."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity), not the machine's count or its load."""
     if hasattr(os, "sched_getaffinity"):

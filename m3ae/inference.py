@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from m3ae.errors import CheckpointError, DataError, M3AEError
+from m3ae.hardware import Precision
 from m3ae.preprocessing import CLIP_MEAN, CLIP_STD, Preprocessing, preprocessing_from_metadata  # noqa: F401
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -106,12 +107,14 @@ class VQAPipeline:
         image_input: "pixels", or "none" for a question-only model.
         precision: an `m3ae.hardware.INFERENCE_PRECISIONS` choice: fp32 (the default, exact), auto
             (bf16 where the hardware runs it natively), bf16, fp16, or int8 (CPU only: the Linear
-            layers of the vision tower and the fusion are quantised in place, see `m3ae.quantize`).
+            layers of the vision tower and the fusion are quantised in place, see `m3ae.quantize`);
+            or a resolved `m3ae.hardware.Precision`. bf16/fp16 hold the weights in that dtype
+            (`m3ae.quantize.weight_dtype`): half the memory of fp32, unlike autocast over fp32 weights.
     """
 
     def __init__(self, model: Any, tokenizer: Any, answers: Sequence[str], preprocessing: Preprocessing,
                  device: str | torch.device = "cpu", image_input: str = "pixels",
-                 precision: str = "fp32") -> None:
+                 precision: str | Precision = "fp32") -> None:
         if "vqa" not in model.heads:
             raise M3AEError("this model has no VQA head (it is a pre-trained or non-VQA model): "
                             "fine-tune it on a VQA dataset first (m3ae finetune)")
@@ -135,12 +138,12 @@ class VQAPipeline:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                        allow_download: bool = False, precision: str = "fp32") -> VQAPipeline:
+                        allow_download: bool = False, precision: str | Precision = "fp32") -> VQAPipeline:
         """Load a model folder written by `M3AE.save_pretrained` (weights, config, answers, tokenizer).
 
         ``model_dir`` may also be a Hub id ("org/name"), resolved through the local Hugging Face
         cache; it is downloaded only when ``allow_download=True``. ``precision`` as in the
-        constructor.
+        constructor, except that ``auto`` on a CPU is chosen by measurement (`measured`).
 
         Raises:
             CheckpointError: a missing folder/file or an inconsistent folder.
@@ -150,9 +153,16 @@ class VQAPipeline:
         from m3ae.models import M3AE
         from m3ae.models.io import read_metadata, resolve_model_dir
 
+        from m3ae.hardware import resolve_inference_precision
+        from m3ae.quantize import weight_dtype
+
         model_dir = resolve_model_dir(model_dir, allow_download=allow_download)
         config = read_metadata(model_dir)
-        model = M3AE.from_pretrained(model_dir)
+        if precision == "auto" and torch.device(device).type == "cpu":
+            return cls.measured(model_dir, config)
+        resolved = precision if isinstance(precision, Precision) else resolve_inference_precision(precision, device)
+        # bf16/fp16: built and read in that dtype, the fp32 weights never in memory
+        model = M3AE.from_pretrained(model_dir, dtype=weight_dtype(resolved))
         if "vqa" not in model.heads:
             raise M3AEError(f"{model_dir} has no VQA head (heads: {', '.join(model.heads) or 'none'}): "
                             "predict needs a model fine-tuned for VQA, e.g. runs/demo/finetune/best")
@@ -165,7 +175,44 @@ class VQAPipeline:
         tokenizer = load_tokenizer(model_dir if _has_tokenizer_files(model_dir) else None)
         pre = preprocessing_from_metadata(config, model.config.vision.image_size)
         return cls(model, tokenizer, answers, pre, device=device,
-                   image_input=config.get("image_input", "pixels"), precision=precision)
+                   image_input=config.get("image_input", "pixels"), precision=resolved)
+
+    @classmethod
+    def measured(cls, model_dir: Path, config: dict[str, Any]) -> VQAPipeline:
+        """``precision auto`` on a CPU: the fastest of fp32, bf16 (native only) and int8 that gives
+        fp32's answers on the bundled probe questions (`m3ae.quantize.measure_precisions`), measured
+        once per machine and model and cached (`m3ae.quantize.precision_cache_path`)."""
+        from m3ae.hardware import cpu_name, usable_cores
+        from m3ae.quantize import cached_precision, measure_precisions, pick_precision, remember_precision
+
+        key = (f"{cpu_name()}|cores={usable_cores()}|torch={torch.__version__}|"
+               f"{config.get('weights_sha256') or Path(model_dir).resolve()}")
+        hit = cached_precision(key)
+        if hit is not None:
+            name, why = hit
+            return cls.from_pretrained(model_dir, precision=Precision(name, f"{why} (measured earlier, cached)"))
+        print("precision auto: timing fp32, bf16 and int8 on this machine once (cached for later runs)...",
+              file=sys.stderr, flush=True)
+        pipe = cls.from_pretrained(model_dir, precision="fp32")
+        probe, single = pipe.probe_batches()
+        results = measure_precisions(pipe.model, pipe.task, probe, single)
+        name, why = pick_precision(results)
+        remember_precision(key, name, why, results)
+        return cls(pipe.model, pipe.tokenizer, pipe.answers, pipe.preprocessing,
+                   image_input=config.get("image_input", "pixels"), precision=Precision(name, why))
+
+    def probe_batches(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The bundled probe (m3ae/assets/probe: 9 VQA-RAD train images x 4 questions) as model
+        inputs, and its first pair alone (the single-question call that is timed)."""
+        import json
+
+        folder = Path(__file__).parent / "assets" / "probe"
+        spec = json.loads((folder / "probe.json").read_text())
+        pairs = [(name, q) for name in spec["images"] for q in spec["questions"]]
+        pixels = {name: self.preprocess_image(folder / name) for name in spec["images"]}
+        text = self.tokenize([q for _, q in pairs])
+        probe = {"pixel_values": torch.stack([pixels[name] for name, _ in pairs]), **text}
+        return probe, {k: v[:1] for k, v in probe.items()}
 
     # ----------------------------------------------------------------------------------- inputs
     def model_view(self, image: ImageInput) -> Image.Image:

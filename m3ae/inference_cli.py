@@ -46,9 +46,11 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     from m3ae.hardware import INFERENCE_PRECISIONS
 
     parser.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
-                        help="auto: bf16 where the hardware runs it natively (CUDA with bf16, a CPU with "
-                             "AVX512-BF16/AMX), else fp32; int8: dynamic int8 Linear layers in the vision tower and the "
-                             "fusion (the text tower stays fp32), CPU only, fastest on CPUs with VNNI (no --explain)")
+                        help="auto (default): on a CPU, the fastest of fp32, bf16 (where native) and int8 that gives "
+                             "fp32's answers on a bundled probe, timed once per machine and model and cached in "
+                             "~/.cache/m3ae ($M3AE_CACHE_DIR); on CUDA bf16 (fp16 without it). bf16/fp16 hold the "
+                             "weights in that dtype (half of fp32's memory); int8: dynamic int8 Linear layers in the "
+                             "vision tower and the fusion (the text tower stays fp32), CPU only (no --explain)")
 
 
 def check_arguments(args: argparse.Namespace) -> str:

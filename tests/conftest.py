@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Training and inference set a process-wide malloc policy (m3ae.allocator); the suite runs hundreds
 # of them in one process, so it keeps glibc's own (the policies are tested in subprocesses).
 os.environ.setdefault("M3AE_MALLOC", "system")
+# Measured choices (train.memory: auto) are cached per machine; the suite keeps its own cache.
+os.environ.setdefault("M3AE_CACHE_DIR", tempfile.mkdtemp(prefix="m3ae-test-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real VQA-RAD / SLAKE releases live in ../shared/data next to the checkout (CI copies it there).

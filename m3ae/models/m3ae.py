@@ -325,19 +325,29 @@ class M3AE(nn.Module):
         map_location: str | torch.device = "cpu",
         allow_download: bool = False,
         verify: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> M3AE:
         """Load a folder written by `save_pretrained` (strict; positions resized to `image_size`;
         the weights' SHA-256 checked unless ``verify=False``; NaN/Inf weights refused).
 
         ``directory`` may also be a Hub id ("org/name"), resolved through the local Hugging Face
-        cache; it is downloaded only when ``allow_download=True``.
+        cache; it is downloaded only when ``allow_download=True``. ``dtype`` (torch.bfloat16 or
+        float16, for inference) builds the model and reads its weights at that precision
+        (`io.to_inference_dtype`: matrices low, norms and small tables fp32), never in fp32 first.
         """
         folder = io.resolve_model_dir(directory, allow_download=allow_download)
         cfg = io.read_config(folder)
         if verify:
             io.verify_weights(folder, io.read_metadata(folder))
-        model = cls(cfg if image_size is None else cfg.with_image_size(image_size))
-        io.load_state_dict_checked(model, io.read_state_dict(folder, map_location), source=str(folder))
+        cfg = cfg if image_size is None else cfg.with_image_size(image_size)
+        if dtype is None:
+            model = cls(cfg)
+            io.load_state_dict_checked(model, io.read_state_dict(folder, map_location), source=str(folder))
+            return model
+        with io.default_dtype(dtype):  # built in the low dtype: the fp32 weights never exist
+            model = io.to_inference_dtype(cls(cfg), dtype)
+        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+        io.load_state_dict_checked(model, io.read_state_dict(folder, map_location, dtypes), source=str(folder))
         return model
 
 

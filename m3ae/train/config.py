@@ -24,7 +24,7 @@ from m3ae.errors import M3AEError
 from m3ae.hardware import PRECISIONS  # auto, fp32, bf16, fp16
 
 TASKS = ("pretrain", "vqa", "cls", "irtr")
-MEMORY_MODES = ("normal", "lean", "low")
+MEMORY_MODES = ("auto", "normal", "lean", "low")
 GROUPINGS = ("rule", "paper")
 
 
@@ -184,8 +184,10 @@ class TrainArgs:
     compile: bool = False
     """torch.compile the transformer blocks (inductor; needs a C++ compiler). The first steps are
     slow while kernels compile; see m3ae.compiling."""
-    memory: str = "normal"
-    """normal; lean: activation checkpointing in the two towers (~3% slower, ~1.2 GiB less for
+    memory: str = "auto"
+    """auto (default): lean when it is not slower than normal on this machine, else normal, measured
+    on the run's first micro-batch (a few forward + backward passes, cached per machine and job in
+    ~/.cache/m3ae/memory_modes.json; the run log says which and why); normal; lean: activation checkpointing in the two towers (~3% slower, ~1.2 GiB less for
     pre-training at base size); or low: checkpointing in every tower, the fusion and the MIM
     decoder, freed memory returned to the OS, and the optimizer step inside backward (each gradient
     freed once applied) when the step allows it: one micro-batch per step, no clipping, no fp16

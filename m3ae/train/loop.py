@@ -22,7 +22,7 @@ from m3ae.hardware import autocast_context, resolve_precision, to_device  # noqa
 from m3ae import distributed as D
 from m3ae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from m3ae.train.config import EvalArgs, OptimArgs, TrainArgs
-from m3ae.train.memory import (OptimizerInBackward, apply_memory_mode, autocast_weight_cache,
+from m3ae.train.memory import (OptimizerInBackward, apply_memory_mode, autocast_weight_cache, choose_memory_mode,
                                optimizer_in_backward_blockers)
 from m3ae.train.optim import build_optimizer, lr_factor, set_lr, warmup_steps_for
 from m3ae.train.runlog import RunLogger
@@ -312,8 +312,11 @@ class _Run:
             logger.truncate_after(0)  # a fresh run starts a fresh log
         logger.log({"step": self.state.step, "precision": self.precision.name,
                     "precision_reason": self.precision.reason}, prefix="run")
+        self.memory, why = self.train.memory, ""
+        if self.memory == "auto":
+            self.memory, why = self.choose_memory_mode()
         self.in_backward = _apply_speed_options(self.model, self.optimizer, self.train, self.optim, self.accum,
-                                                self.scaler, logger, self.state.step)
+                                                self.scaler, logger, self.state.step, self.memory, why)
         if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
             meta = load_checkpoint(path, self.model, self.optimizer)
             self.state = _State(**meta["loop"])
@@ -329,6 +332,14 @@ class _Run:
             # pre-training is judged against its start (the feature-health figure needs one)
             self.last_metrics = self.validate()
         self.t_last, self.steps_since = time.perf_counter(), 0
+
+    def choose_memory_mode(self) -> tuple[str, str]:
+        """``train.memory: auto``: time normal and lean on the first micro-batch (`choose_memory_mode`)."""
+        first = next(iter(self.loaders.train(0, 0)), None)
+        if first is None:
+            return "normal", "auto chose normal: the training loader yielded no batch to measure on"
+        return choose_memory_mode(self.task, self.model, first, type(self.task).__name__, self.precision.name,
+                                  self.device)
 
     # ------------------------------------------------------------------ one epoch
     def one_epoch(self) -> bool:
@@ -348,7 +359,7 @@ class _Run:
                 self.task, self.model, self.optimizer, window, step=state.step, seed=self.train.seed,
                 precision=self.precision.name, device=self.device, scaler=self.scaler,
                 clip_grad_norm=self.optim.clip_grad_norm, in_backward=self.in_backward,
-                weight_cache=autocast_weight_cache(self.train.memory),
+                weight_cache=autocast_weight_cache(self.memory),
             )
             if stats.pop("nonfinite", 0.0):
                 last = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
@@ -434,12 +445,13 @@ class _Run:
 
 def _apply_speed_options(model: nn.Module, optimizer: torch.optim.Optimizer, train: TrainArgs,
                          optim: OptimArgs, accum: int, scaler: Any, logger: RunLogger,
-                         step: int) -> OptimizerInBackward | None:
-    """``train.memory`` and ``train.compile``; returns the in-backward optimizer of ``memory: low``
-    (None when the step does not allow it, which is logged and printed with the reasons)."""
+                         step: int, memory: str, why: str = "") -> OptimizerInBackward | None:
+    """The memory mode (``train.memory``, resolved: ``memory``; ``why`` says how auto chose it) and
+    ``train.compile``; returns the in-backward optimizer of ``memory: low`` (None when the step does
+    not allow it, which is logged and printed with the reasons)."""
     in_backward = None
-    notes = apply_memory_mode(model, train.memory)
-    if train.memory == "low":
+    notes = ([why] if why else []) + apply_memory_mode(model, memory)
+    if memory == "low":
         blockers = optimizer_in_backward_blockers(accum=accum, clip_grad_norm=optim.clip_grad_norm,
                                                   scaler=scaler, world_size=D.dist_info().world_size)
         if blockers:
@@ -449,8 +461,11 @@ def _apply_speed_options(model: nn.Module, optimizer: torch.optim.Optimizer, tra
         else:
             in_backward = OptimizerInBackward(optimizer)
             notes.append("the optimizer step inside backward")
-    note = f"train.memory {train.memory}: " + "; ".join(notes)
-    logger.log({"step": step, "memory": train.memory, "memory_note": note}, prefix="run")
+    note = f"train.memory {memory}: " + "; ".join(notes)
+    logger.log({"step": step, "memory": memory, "memory_requested": train.memory, "memory_note": note},
+               prefix="run")
+    if why and D.dist_info().is_main and train.progress:
+        print(f"train.memory {train.memory}: {why}", flush=True)
     if train.compile:
         from m3ae.compiling import compile_model
 

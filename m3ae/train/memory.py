@@ -42,7 +42,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -169,3 +174,113 @@ def apply_memory_mode(model: nn.Module, mode: str) -> list[str]:
         enable_low_memory(model)
         notes.append("activation checkpointing in every tower, the fusion layers and the MIM decoder")
     return notes + [set_malloc_policy("return" if mode == "low" else "keep")]
+
+
+# ------------------------------------------------------------------------- train.memory: auto
+AUTO_MODES = ("normal", "lean")
+"""What ``train.memory: auto`` chooses between (low changes the optimizer step and the allocator,
+and costs about a third more time: it stays a choice the user makes)."""
+AUTO_TOLERANCE = 0.02
+"""auto picks lean when its forward + backward takes at most 2% longer than normal's (the timing
+noise of an idle machine): lean then costs nothing measurable and holds less memory."""
+AUTO_REPEATS = 2
+"""Timed forward + backward passes per mode, after one untimed one (allocator, autocast warm-up)."""
+
+
+def memory_cache_path() -> Path:
+    """Where measured choices are kept: ``$M3AE_CACHE_DIR/memory_modes.json`` (default ``~/.cache/m3ae``)."""
+    root = os.environ.get("M3AE_CACHE_DIR") or Path.home() / ".cache" / "m3ae"
+    return Path(root).expanduser() / "memory_modes.json"
+
+
+def memory_probe_key(model: nn.Module, batch: dict, task_name: str, precision: str, device: torch.device) -> str:
+    """What the choice depends on: the machine (CPU model, usable cores, torch), the device, the model
+    (parameter and trainable counts), the task, the precision and the micro-batch's shapes."""
+    from m3ae.hardware import cpu_name, usable_cores
+
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    shapes = ",".join(f"{k}={tuple(v.shape)}" for k, v in sorted(batch.items()) if torch.is_tensor(v))
+    return (f"{cpu_name()}|cores={usable_cores()}|torch={torch.__version__}|{device.type}|params={params}"
+            f"|trainable={trainable}|{task_name}|{precision}|{shapes}")
+
+
+def time_forward_backward(task: Any, model: nn.Module, batch: dict, precision: str, device: torch.device,
+                          weight_cache: bool, repeats: int = AUTO_REPEATS) -> float:
+    """Median seconds of one micro-batch's forward + backward (after one untimed pass).
+
+    The weights are not touched (no optimizer step) and the gradients are cleared afterwards, so a
+    probe before training leaves the run exactly as it was (each step reseeds its own randomness).
+    """
+    from m3ae.hardware import autocast_context, to_device
+
+    batch = to_device(batch, device)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with autocast_context(precision, device, weight_cache):
+            task.forward_backward(model, batch, lambda loss: loss)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return sorted(times)[len(times) // 2]
+
+
+def choose_memory_mode(task: Any, model: nn.Module, batch: dict, task_name: str, precision: str,
+                       device: torch.device) -> tuple[str, str]:
+    """``train.memory: auto``: lean when it is not slower than normal on this machine, else normal.
+
+    Measured once per machine and job (`memory_probe_key`) by timing the forward + backward of the
+    run's first micro-batch in both modes (`time_forward_backward`), then read from
+    `memory_cache_path`. In a multi-process run every rank uses the mean of all ranks' timings.
+
+    Returns:
+        (the mode, one sentence for the run log saying why).
+    """
+    from m3ae import distributed as D
+
+    key = memory_probe_key(model, batch, task_name, precision, device)
+    path = memory_cache_path()
+    cache = _read_json(path)
+    if key in cache and cache[key].get("mode") in AUTO_MODES:
+        hit = cache[key]
+        return hit["mode"], f"auto chose {hit['mode']}: {hit['why']} (measured earlier, cached in {path})"
+    seconds = {}
+    for mode in AUTO_MODES:
+        set_ckpt = getattr(model, "set_grad_checkpointing", None)
+        if set_ckpt is not None:
+            set_ckpt(mode == "lean", parts=LEAN_PARTS)
+        seconds[mode] = time_forward_backward(task, model, batch, precision, device, autocast_weight_cache(mode))
+    if getattr(model, "set_grad_checkpointing", None) is not None:
+        model.set_grad_checkpointing(False, parts=LEAN_PARTS)
+    seconds = D.all_reduce_mean(seconds)
+    mode = "lean" if seconds["lean"] <= seconds["normal"] * (1 + AUTO_TOLERANCE) else "normal"
+    ratio = seconds["lean"] / max(seconds["normal"], 1e-9)
+    why = (f"forward + backward of one micro-batch took {seconds['lean']:.3g} s lean vs {seconds['normal']:.3g} s "
+           f"normal ({ratio:.2f}x; lean is chosen up to {1 + AUTO_TOLERANCE:.2f}x)")
+    if D.dist_info().is_main:
+        cache[key] = {"mode": mode, "why": why, "seconds": seconds}
+        _write_json(path, cache)
+    return mode, f"auto chose {mode}: {why}"
+
+
+def _read_json(path: Path) -> dict:
+    """The cache, or {} when it is missing or unreadable (a cache is never worth an error)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write the cache atomically; a read-only home only costs the next run another measurement."""
+    from m3ae.train.checkpoint import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass

@@ -427,7 +427,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     """
     from m3ae.data import DataConfig, load_tokenizer, read_summary
     from m3ae.guards import check_device
-    from m3ae.models import M3AE
+    from m3ae.quantize import load_for_inference
     from m3ae.weights.io import read_metadata
 
     check_device(device, "--device")
@@ -436,7 +436,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     if not (model_dir / "config.json").is_file():
         raise M3AEError(f"{model_dir}: not a model folder (no config.json); pass a run's best/ folder")
     meta = read_metadata(model_dir)
-    model, resolved = _inference_model(M3AE.from_pretrained(model_dir), precision, resolve_device(device))
+    model, resolved = load_for_inference(model_dir, precision, resolve_device(device))
     precision = autocast_name(resolved)  # int8: quantised kernels, no autocast
     task = _saved_task(model_dir, meta, model)
     data_cfg = DataConfig.from_dict(meta["data"]) if "data" in meta else DataConfig(
@@ -472,14 +472,6 @@ def _saved_task(model_dir: Path, meta: dict[str, Any], model: nn.Module) -> str:
         raise M3AEError(f"{model_dir}: the model has no {', '.join(evaluable[:-1])} or {evaluable[-1]} head "
                         "to evaluate")
     return task
-
-
-def _inference_model(model: nn.Module, precision: str, device: torch.device) -> tuple[nn.Module, Any]:
-    """The model on ``device`` at an inference precision (int8 quantises it; CPU only)."""
-    from m3ae.quantize import prepare_for_inference
-
-    model, resolved = prepare_for_inference(model, precision, device)
-    return model.to(device), resolved
 
 
 def format_table(report: dict[str, Any], title: str = "metrics") -> str:
