@@ -218,12 +218,12 @@ def test_memory_auto_measures_once_then_reads_its_cache_and_changes_no_step(tmp_
 
 
 def test_memory_auto_picks_lean_only_when_it_is_not_slower(monkeypatch, tmp_path):
-    """The rule itself, on m3ae-tiny with stubbed timings: lean up to 2% slower than normal, else normal."""
+    """The rule itself, on m3ae-tiny with stubbed timings: lean up to 5% slower than normal, else normal."""
     from m3ae.train import memory as memory_module
 
     model = _model("vqa")
     batch = _batch("vqa", model.config)
-    for i, (lean, normal, expected) in enumerate(((1.00, 1.00, "lean"), (1.015, 1.0, "lean"), (1.10, 1.0, "normal"))):
+    for i, (lean, normal, expected) in enumerate(((1.00, 1.00, "lean"), (1.04, 1.0, "lean"), (1.10, 1.0, "normal"))):
         monkeypatch.setenv("M3AE_CACHE_DIR", str(tmp_path / str(i)))
         seen = []
 

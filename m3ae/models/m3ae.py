@@ -340,14 +340,12 @@ class M3AE(nn.Module):
         if verify:
             io.verify_weights(folder, io.read_metadata(folder))
         cfg = cfg if image_size is None else cfg.with_image_size(image_size)
-        if dtype is None:
-            model = cls(cfg)
-            io.load_state_dict_checked(model, io.read_state_dict(folder, map_location), source=str(folder))
-            return model
-        with io.default_dtype(dtype):  # built in the low dtype: the fp32 weights never exist
-            model = io.to_inference_dtype(cls(cfg), dtype)
-        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
-        io.load_state_dict_checked(model, io.read_state_dict(folder, map_location, dtypes), source=str(folder))
+        # built in the low dtype (the fp32 weights never exist) and without a random init: every
+        # parameter is read from the folder next
+        with io.default_dtype(dtype), io.skip_init():
+            model = cls(cfg) if dtype is None else io.to_inference_dtype(cls(cfg), dtype)
+        io.load_folder_weights(model, folder)  # one tensor at a time, cast as it is copied
+        model.to(map_location)
         return model
 
 
