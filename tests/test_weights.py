@@ -344,3 +344,31 @@ def test_package_paths_resolve_inside_installed_packages():
     assert resolve_packaged("some/dir") == Path("some/dir")
     with pytest.raises(M3AEError, match="not installed"):
         resolve_packaged("package:no_such_package_xyz/model")
+
+
+def test_fresh_parts_keep_their_initialisation_and_the_rest_is_loaded(tmp_path):
+    """create_model(pretrained=..., fresh=[...]) (model.fresh): the named parts are exactly a fresh
+    model's, every other tensor is the folder's; unknown parts and fresh without weights are refused."""
+    import pytest
+    import torch
+
+    from m3ae.errors import M3AEError
+    from m3ae.models import M3AE, ModelConfig
+    from m3ae.weights.factory import create_model
+
+    config = ModelConfig.from_name("m3ae-tiny").with_heads(["vqa"], num_answers=5)
+    torch.manual_seed(7)
+    M3AE(config).save_pretrained(tmp_path / "pre")
+    saved = M3AE.from_pretrained(tmp_path / "pre").state_dict()
+    torch.manual_seed(3)
+    reference = M3AE(config).state_dict()
+    torch.manual_seed(3)
+    model = create_model(pretrained=tmp_path / "pre", fresh=["fusion", "poolers"])
+    for key, value in model.state_dict().items():
+        expected = reference[key] if key.split(".")[0] in ("fusion", "poolers") else saved[key]
+        assert torch.equal(value, expected), key
+    assert any("fresh initialisation: fusion, poolers" in note for note in model.load_report.notes)
+    with pytest.raises(M3AEError, match="unknown part"):
+        create_model(pretrained=tmp_path / "pre", fresh=["text_encoder"])
+    with pytest.raises(M3AEError, match="needs model.pretrained"):
+        create_model("m3ae-tiny", fresh=["fusion"])

@@ -42,6 +42,10 @@ class ModelArgs:
     """Initialise the text tower from a local Hugging Face RoBERTa/BERT folder."""
     tokenizer: str | None = None
     """Tokenizer folder; None = the packaged RoBERTa files."""
+    fresh: list = field(default_factory=list)
+    """Parts of model.pretrained that keep their fresh initialisation instead (`m3ae.weights.factory.
+    FRESH_PARTS`): e.g. [fusion, poolers, modality_embed, text_proj] fine-tunes the pre-trained vision
+    tower with a new fusion (docs/learning.md, section 11)."""
     freeze: list = field(default_factory=list)
     """Towers to freeze (no gradients, no dropout): any of vision_encoder, text_encoder."""
     text_cache_mb: int = 512

@@ -105,7 +105,7 @@ def build_model(cfg: RunConfig, summary: dict[str, Any]) -> nn.Module:
         _model_config(cfg), pretrained=cfg.model.pretrained, vision_weights=cfg.model.vision_weights,
         text_weights=cfg.model.text_weights, heads=list(task.heads) + (["itc"] if cfg.task.itc_weight else []),
         num_answers=sizes.get("num_answers"), num_classes=sizes.get("num_classes"),
-        image_size=cfg.data.image_size,
+        image_size=cfg.data.image_size, fresh=tuple(cfg.model.fresh),
     )
     if model.config.vision.patch_size != cfg.data.patch_size:
         raise M3AEError(f"data.patch_size ({cfg.data.patch_size}) differs from the model's patch size "
@@ -344,7 +344,8 @@ def _write_model_card(cfg: RunConfig, best_dir: Path, summary: dict[str, Any], r
         "name": f"{cfg.model.name} {cfg.task.name} on {summary.get('dataset')}",
         "task": cfg.task.name,
         "data": {"dataset": summary.get("dataset"), "protocol": summary.get("protocol"), "splits": splits},
-        "base_model": cfg.model.pretrained or cfg.model.name,
+        "base_model": (cfg.model.pretrained or cfg.model.name) + (
+            f"; kept at a fresh initialisation: {', '.join(cfg.model.fresh)}" if cfg.model.fresh else ""),
         "metrics": {k: v for k, v in report.items() if isinstance(v, float) and k != "train_minutes"},
         "metrics_split": report.get("split"),
         "training": {"lr": cfg.optim.lr, "lr_multipliers": cfg.optim.lr_multipliers,

@@ -109,6 +109,11 @@ def _final_config(cfg: ModelConfig | None, text_weights: Any, heads: Any, num_an
     return cfg
 
 
+FRESH_PARTS = ("vision_encoder", "vision_proj", "text_proj", "modality_embed", "fusion", "poolers", "heads")
+"""Top-level parts of `M3AE` that `create_model(fresh=...)` can leave at their fresh initialisation
+(the frozen text tower is never among them)."""
+
+
 def create_model(
     name_or_config: str | ModelConfig | dict[str, Any] | None = None,
     pretrained: str | Path | bool | None = None,
@@ -118,6 +123,7 @@ def create_model(
     num_answers: int | None = None,
     num_classes: int | None = None,
     image_size: int | None = None,
+    fresh: tuple[str, ...] | list[str] = (),
 ) -> M3AE:
     """Build an M3AE and load local weights into it.
 
@@ -136,6 +142,9 @@ def create_model(
         num_answers: VQA answer count A.
         num_classes: classification classes K.
         image_size: input resolution; the vision position table is resized to it.
+        fresh: top-level parts (`FRESH_PARTS`, e.g. "fusion", "poolers") that keep their fresh
+            initialisation instead of the ``pretrained`` weights: fine-tuning from a pre-trained
+            vision tower with a new fusion, for instance (docs/learning.md, section 11).
 
     Returns:
         the model, in train mode as built by torch; `model.load_report` holds what happened.
@@ -165,12 +174,23 @@ def create_model(
     cfg = _final_config(cfg, text_weights, heads, num_answers, num_classes, image_size)
     model = M3AE(cfg)
     report = io.LoadReport()
+    unknown = sorted(set(fresh) - set(FRESH_PARTS))
+    if unknown:
+        raise M3AEError(f"model.fresh: unknown part(s) {unknown}; choose among {list(FRESH_PARTS)}")
+    if fresh and state_dict is None:
+        raise M3AEError("model.fresh keeps parts of model.pretrained at their fresh initialisation; "
+                        "it needs model.pretrained")
+    kept = {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[0] in fresh}
     if state_dict is not None:
         external_text = not any(key.startswith("text_encoder.") for key in state_dict)
         report = _load_checkpoint(model, state_dict, str(pretrained), source_cfg, external_text)
         report.notes = notes + report.notes
         if external_text:  # saved without its (frozen, pretrained) text tower: the folder names its source
             report.notes.append(_load_external_text(model, cfg, pretrained))
+    if kept:
+        model.load_state_dict(kept, strict=False)
+        report.notes.append(f"kept at their fresh initialisation: {', '.join(sorted(set(fresh)))} "
+                            f"({len(kept)} tensors)")
     if vision_weights is not None:
         report.notes.append(load_clip_vision(model.vision_encoder, _require(vision_weights, "CLIP weights")))
     text_path = text_weights or cfg.text.pretrained_path
