@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +59,37 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def measured_path(name: str) -> Path:
+    """The file that keeps one kind of measured choice on this machine:
+    ``$M3AE_CACHE_DIR/<name>.json`` (default ``~/.cache/m3ae``)."""
+    root = os.environ.get("M3AE_CACHE_DIR") or Path.home() / ".cache" / "m3ae"
+    return Path(root).expanduser() / f"{name}.json"
+
+
+def read_measured(name: str) -> dict[str, Any]:
+    """The measured choices of `measured_path` (key -> entry), {} when missing or unreadable: a
+    cache is never worth an error, the next run only measures again."""
+    try:
+        data = json.loads(measured_path(name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remember_measured(name: str, key: str, entry: dict[str, Any]) -> None:
+    """Add one measured choice, atomically (temporary file + rename); a read-only home is ignored."""
+    path = measured_path(name)
+    data = read_measured(name)
+    data[key] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ class VQAPipeline:
     def measured(cls, model_dir: Path, config: dict[str, Any]) -> VQAPipeline:
         """``precision auto`` on a CPU: the fastest of fp32, bf16 (native only) and int8 that gives
         fp32's answers on the bundled probe questions (`m3ae.quantize.measure_precisions`), measured
-        once per machine and model and cached (`m3ae.quantize.precision_cache_path`)."""
+        once per machine and model and cached (`m3ae.hardware.measured_path("inference_precision")`)."""
         from m3ae.hardware import cpu_name, usable_cores
         from m3ae.quantize import cached_precision, measure_precisions, pick_precision, remember_precision
 

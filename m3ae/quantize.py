@@ -148,16 +148,10 @@ AUTO_AGREEMENT = 99.0
 (percent) of the probe questions."""
 AUTO_CANDIDATES = ("bf16", "int8")
 """What ``auto`` may pick instead of fp32 on a CPU (bf16 only where the CPU runs it natively)."""
+PRECISION_CACHE = "inference_precision"
+"""`m3ae.hardware.measured_path` name of the measured choices (~/.cache/m3ae/inference_precision.json)."""
 AUTO_TIMED = 3
 """Timed single-question calls per precision (median), after one untimed call."""
-
-
-def precision_cache_path() -> Path:
-    """Where measured inference precisions are kept: ``$M3AE_CACHE_DIR/inference_precision.json``."""
-    import os
-
-    root = os.environ.get("M3AE_CACHE_DIR") or Path.home() / ".cache" / "m3ae"
-    return Path(root).expanduser() / "inference_precision.json"
 
 
 def measure_precisions(model: nn.Module, task: Any, probe: dict[str, torch.Tensor],
@@ -211,32 +205,16 @@ def pick_precision(results: dict[str, dict[str, float]]) -> tuple[str, str]:
 
 def cached_precision(key: str) -> tuple[str, str] | None:
     """A measured choice for ``key`` (machine + model), or None."""
-    import json
+    from m3ae.hardware import read_measured
 
-    try:
-        entry = json.loads(precision_cache_path().read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
+    entry = read_measured(PRECISION_CACHE).get(key)
     if not isinstance(entry, dict) or entry.get("precision") not in ("fp32", *AUTO_CANDIDATES):
         return None
     return entry["precision"], entry["why"]
 
 
 def remember_precision(key: str, name: str, why: str, results: dict[str, Any]) -> None:
-    """Add a measured choice to the cache (an unwritable cache only costs a new measurement)."""
-    import json
+    """Add a measured choice to the cache (`m3ae.hardware.remember_measured`)."""
+    from m3ae.hardware import remember_measured
 
-    from m3ae.train.checkpoint import atomic_write_text
-
-    path = precision_cache_path()
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        data = {}
-    data = data if isinstance(data, dict) else {}
-    data[key] = {"precision": name, "why": why, "results": results}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-    except OSError:
-        pass
+    remember_measured(PRECISION_CACHE, key, {"precision": name, "why": why, "results": results})

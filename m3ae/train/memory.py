@@ -42,11 +42,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -185,14 +182,10 @@ AUTO_TOLERANCE = 0.05
 forward + backward only (no optimizer step, which is where normal's extra memory costs page faults)
 and two passes each: at base size on a 2-core AMD it said lean 1.04x while whole steps ran 0.92-0.99x
 (docs/benchmarks.md, fourth run). Within 5% lean costs nothing measurable and holds ~1.5 GiB less."""
+MEMORY_CACHE = "memory_modes"
+"""`m3ae.hardware.measured_path` name of the measured choices (~/.cache/m3ae/memory_modes.json)."""
 AUTO_REPEATS = 2
 """Timed forward + backward passes per mode, after one untimed one (allocator, autocast warm-up)."""
-
-
-def memory_cache_path() -> Path:
-    """Where measured choices are kept: ``$M3AE_CACHE_DIR/memory_modes.json`` (default ``~/.cache/m3ae``)."""
-    root = os.environ.get("M3AE_CACHE_DIR") or Path.home() / ".cache" / "m3ae"
-    return Path(root).expanduser() / "memory_modes.json"
 
 
 def memory_probe_key(model: nn.Module, batch: dict, task_name: str, precision: str, device: torch.device) -> str:
@@ -236,20 +229,21 @@ def choose_memory_mode(task: Any, model: nn.Module, batch: dict, task_name: str,
 
     Measured once per machine and job (`memory_probe_key`) by timing the forward + backward of the
     run's first micro-batch in both modes (`time_forward_backward`), then read from
-    `memory_cache_path`. In a multi-process run every rank uses the mean of all ranks' timings.
+    `m3ae.hardware.measured_path("memory_modes")`. In a multi-process run every rank uses the mean of all ranks' timings.
 
     Returns:
         (the mode, one sentence for the run log saying why).
     """
     from m3ae import distributed as D
 
+    from m3ae.hardware import measured_path, read_measured, remember_measured
+
     key = memory_probe_key(model, batch, task_name, precision, device)
-    path = memory_cache_path()
-    cache = _read_json(path)
-    seconds = cache.get(key, {}).get("seconds") if isinstance(cache.get(key), dict) else None
+    entry = read_measured(MEMORY_CACHE).get(key)
+    seconds = entry.get("seconds") if isinstance(entry, dict) else None
     if isinstance(seconds, dict) and all(isinstance(seconds.get(m), (int, float)) for m in AUTO_MODES):
         mode, why = _decide(seconds)  # from the cached times, so a changed rule applies to old entries
-        return mode, f"auto chose {mode}: {why} (measured earlier, cached in {path})"
+        return mode, f"auto chose {mode}: {why} (measured earlier, cached in {measured_path(MEMORY_CACHE)})"
     seconds = {}
     for mode in AUTO_MODES:
         set_ckpt = getattr(model, "set_grad_checkpointing", None)
@@ -261,8 +255,7 @@ def choose_memory_mode(task: Any, model: nn.Module, batch: dict, task_name: str,
     seconds = D.all_reduce_mean(seconds)
     mode, why = _decide(seconds)
     if D.dist_info().is_main:
-        cache[key] = {"mode": mode, "why": why, "seconds": seconds}
-        _write_json(path, cache)
+        remember_measured(MEMORY_CACHE, key, {"mode": mode, "why": why, "seconds": seconds})
     return mode, f"auto chose {mode}: {why}"
 
 
@@ -272,23 +265,3 @@ def _decide(seconds: dict[str, float]) -> tuple[str, str]:
     ratio = seconds["lean"] / max(seconds["normal"], 1e-9)
     return mode, (f"forward + backward of one micro-batch took {seconds['lean']:.3g} s lean vs "
                   f"{seconds['normal']:.3g} s normal ({ratio:.2f}x; lean is chosen up to {1 + AUTO_TOLERANCE:.2f}x)")
-
-
-def _read_json(path: Path) -> dict:
-    """The cache, or {} when it is missing or unreadable (a cache is never worth an error)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write the cache atomically; a read-only home only costs the next run another measurement."""
-    from m3ae.train.checkpoint import atomic_write_text
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-    except OSError:
-        pass
