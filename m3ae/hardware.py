@@ -61,6 +61,11 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def machine_key() -> str:
+    """What a measured speed depends on besides the job: the CPU model, the usable cores, torch."""
+    return f"{cpu_name()}|cores={usable_cores()}|torch={torch.__version__}"
+
+
 def measured_path(name: str) -> Path:
     """The file that keeps one kind of measured choice on this machine:
     ``$M3AE_CACHE_DIR/<name>.json`` (default ``~/.cache/m3ae``)."""

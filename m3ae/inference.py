@@ -182,11 +182,10 @@ class VQAPipeline:
         """``precision auto`` on a CPU: the fastest of fp32, bf16 (native only) and int8 that gives
         fp32's answers on the bundled probe questions (`m3ae.quantize.measure_precisions`), measured
         once per machine and model and cached (`m3ae.hardware.measured_path("inference_precision")`)."""
-        from m3ae.hardware import cpu_name, usable_cores
+        from m3ae.hardware import machine_key
         from m3ae.quantize import cached_precision, measure_precisions, pick_precision, remember_precision
 
-        key = (f"{cpu_name()}|cores={usable_cores()}|torch={torch.__version__}|"
-               f"{config.get('weights_sha256') or Path(model_dir).resolve()}")
+        key = f"{machine_key()}|{config.get('weights_sha256') or Path(model_dir).resolve()}"
         hit = cached_precision(key)
         if hit is not None:
             name, why = hit

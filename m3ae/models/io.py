@@ -359,37 +359,24 @@ def verify_weights(directory: str | Path, meta: dict[str, Any]) -> None:
 
 
 def read_state_dict(
-    directory: str | Path, map_location: str | torch.device = "cpu",
-    dtypes: dict[str, torch.dtype] | None = None,
+    directory: str | Path, map_location: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a model folder; with ``dtypes`` (name -> dtype, e.g. a model's own
-    ``{k: v.dtype for k, v in model.state_dict().items()}``) each floating-point tensor is cast to its
-    entry as it is read, one tensor at a time, so a bf16 load never holds the whole fp32 state dict.
+    """The tensors of a model folder.
 
     Raises:
         CheckpointError: a missing, truncated or unreadable file, or NaN/Inf in any tensor.
     """
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory}: missing {WEIGHTS_NAME}")
-    bad: list[str] = []
     try:
-        if dtypes is None:
-            state = load_file(str(path), device=str(map_location))
-            bad = nonfinite_keys(state)
-        else:
-            state = {}
-            with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-                for key in f.keys():
-                    tensor = f.get_tensor(key)
-                    bad += nonfinite_keys({key: tensor})  # before the cast: fp16 may overflow
-                    dtype = dtypes.get(key, tensor.dtype) if torch.is_floating_point(tensor) else tensor.dtype
-                    state[key] = tensor.to(dtype)
+        state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+    bad = nonfinite_keys(state)
     if bad:
         raise CheckpointError(f"{path}: NaN/Inf in {len(bad)} tensor(s), e.g. {bad[:3]}: the weights are "
                               "corrupt or diverged")
@@ -402,6 +389,27 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 """The safetensors dtype names a model folder may hold."""
 
 
+def read_safetensors_header(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """The tensor table of a safetensors file (key -> dtype, shape, data_offsets) and the byte
+    where the data starts.
+
+    Raises:
+        CheckpointError: a header that is not safetensors.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 100_000_000 else None
+    except (OSError, ValueError):
+        header = None
+    if isinstance(header, dict):
+        header.pop("__metadata__", None)
+    if not isinstance(header, dict) or not all(
+            isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info) for info in header.values()):
+        raise CheckpointError(f"{path}: not a readable safetensors file (bad header)")
+    return header, 8 + size
+
+
 def iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """(key, tensor) of a safetensors file, each read with plain file reads into its own buffer.
 
@@ -411,25 +419,26 @@ def iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     Raises:
         CheckpointError: a header that is not safetensors, an unknown dtype, or a truncated file.
     """
+    header, start = read_safetensors_header(path)
     with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        try:
-            header = json.loads(f.read(size)) if 0 < size < 100_000_000 else None
-        except ValueError:
-            header = None
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{path}: not a readable safetensors file (bad header)")
-        header.pop("__metadata__", None)
         for key, info in header.items():
             dtype = SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
             if dtype is None:
                 raise CheckpointError(f"{path}: tensor {key} has an unsupported dtype {info!r}")
             begin, end = info["data_offsets"]
             raw = torch.empty(end - begin, dtype=torch.uint8)
-            f.seek(8 + size + begin)
+            f.seek(start + begin)
             if f.readinto(raw.numpy()) != end - begin:
                 raise CheckpointError(f"{path}: truncated (tensor {key} ends past the end of the file)")
             yield key, raw.view(dtype).reshape(info["shape"])
+
+
+def _finite_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """`iter_safetensors`, refusing a NaN/Inf tensor (checked before any cast: fp16 may overflow)."""
+    for key, tensor in iter_safetensors(path):
+        if nonfinite_keys({key: tensor}):
+            raise CheckpointError(f"{path}: NaN/Inf in tensor {key}: the weights are corrupt or diverged")
+        yield key, tensor
 
 
 def load_folder_weights(model: nn.Module, directory: str | Path) -> None:
@@ -437,32 +446,25 @@ def load_folder_weights(model: nn.Module, directory: str | Path) -> None:
     `load_state_dict_checked`; NaN/Inf refused), each cast to the dtype of the parameter it fills.
 
     Peak memory is the model plus one tensor, not the model plus a whole state dict (2.6 GiB for a
-    base model in fp32). A folder whose position table needs resampling to the model's grid goes
-    through `read_state_dict` + `load_state_dict_checked` instead.
+    base model in fp32). A folder whose position table needs resampling to the model's grid is read
+    whole (each tensor cast as it is read) and goes through `load_state_dict_checked`.
 
     Raises:
         CheckpointError: a missing or unreadable file, a key or shape mismatch, or NaN/Inf weights.
     """
-    from safetensors import safe_open
-
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory}: missing {WEIGHTS_NAME}")
     own = model.state_dict(keep_vars=True)
-    try:
-        with safe_open(str(path), framework="pt") as f:  # the header only: shapes, no data
-            stored = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own and OS errors alike
-        raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+    header, _ = read_safetensors_header(path)
+    stored = {k: torch.empty(info["shape"], device="meta") for k, info in header.items()}  # shapes only
     if any(key in own and tuple(stored[key].shape) != tuple(own[key].shape) for key in _pos_tables(model)):
-        dtypes = {k: v.dtype for k, v in own.items()}
-        load_state_dict_checked(model, read_state_dict(directory, "cpu", dtypes), source=str(directory))
+        state = {k: t.to(own[k].dtype) if k in own and t.is_floating_point() else t for k, t in _finite_tensors(path)}
+        load_state_dict_checked(model, state, source=str(directory))
         return
     check_state_dict({k: tuple(v.shape) for k, v in own.items()}, stored, str(directory))
     with torch.no_grad():
-        for key, tensor in iter_safetensors(path):
-            if nonfinite_keys({key: tensor}):
-                raise CheckpointError(f"{path}: NaN/Inf in tensor {key}: the weights are corrupt or diverged")
+        for key, tensor in _finite_tensors(path):
             own[key].copy_(tensor)
 
 

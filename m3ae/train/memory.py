@@ -191,13 +191,12 @@ AUTO_REPEATS = 2
 def memory_probe_key(model: nn.Module, batch: dict, task_name: str, precision: str, device: torch.device) -> str:
     """What the choice depends on: the machine (CPU model, usable cores, torch), the device, the model
     (parameter and trainable counts), the task, the precision and the micro-batch's shapes."""
-    from m3ae.hardware import cpu_name, usable_cores
+    from m3ae.hardware import machine_key
 
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     shapes = ",".join(f"{k}={tuple(v.shape)}" for k, v in sorted(batch.items()) if torch.is_tensor(v))
-    return (f"{cpu_name()}|cores={usable_cores()}|torch={torch.__version__}|{device.type}|params={params}"
-            f"|trainable={trainable}|{task_name}|{precision}|{shapes}")
+    return f"{machine_key()}|{device.type}|params={params}|trainable={trainable}|{task_name}|{precision}|{shapes}"
 
 
 def time_forward_backward(task: Any, model: nn.Module, batch: dict, precision: str, device: torch.device,
@@ -245,13 +244,11 @@ def choose_memory_mode(task: Any, model: nn.Module, batch: dict, task_name: str,
         mode, why = _decide(seconds)  # from the cached times, so a changed rule applies to old entries
         return mode, f"auto chose {mode}: {why} (measured earlier, cached in {measured_path(MEMORY_CACHE)})"
     seconds = {}
+    set_ckpt = getattr(model, "set_grad_checkpointing", None) or (lambda *a, **k: None)  # toys have none
     for mode in AUTO_MODES:
-        set_ckpt = getattr(model, "set_grad_checkpointing", None)
-        if set_ckpt is not None:
-            set_ckpt(mode == "lean", parts=LEAN_PARTS)
+        set_ckpt(mode == "lean", parts=LEAN_PARTS)
         seconds[mode] = time_forward_backward(task, model, batch, precision, device, autocast_weight_cache(mode))
-    if getattr(model, "set_grad_checkpointing", None) is not None:
-        model.set_grad_checkpointing(False, parts=LEAN_PARTS)
+    set_ckpt(False, parts=LEAN_PARTS)
     seconds = D.all_reduce_mean(seconds)
     mode, why = _decide(seconds)
     if D.dist_info().is_main:
