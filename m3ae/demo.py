@@ -1,8 +1,10 @@
 """The whole M3AE pipeline on the bundled VQA-RAD copy, on CPU, in minutes.
 
-Stages: prepare (clean protocol) -> pre-train a small M3AE (MLM + MIM + ITM) -> fine-tune VQA ->
-evaluate on test next to two baselines (the majority answer, and the same model fine-tuned with
-blank images) -> pictures (MAE reconstructions, training curves, accuracy by question type).
+Stages: prepare (clean protocol) -> fine-tune VQA from the pre-trained m3ae-small that ships with m3ae
+(`m3ae-small-medvqa`, M3AE pre-training on the open corpus) -> the same fine-tuning from scratch, with
+blank images and with the question only -> optionally the demo's own short pre-training (MLM + MIM + ITM
+on the train split's question + answer pairs) as one more row -> evaluate on test next to the majority
+answer -> pictures (MAE reconstructions, training curves, accuracy by question type).
 Everything goes under --out (default runs/demo). `--quick` runs a few steps of each stage on a
 subset of the data, for CI. Research use only: not for clinical decisions.
 """
@@ -78,9 +80,17 @@ class DemoSizes:
     """Question types with fewer test questions are left out of the per-type chart."""
     subset_images: int | None = None
     """Use only this many train images and half as many test images (--quick only)."""
+    start_model: str = "m3ae-small-medvqa"
+    """The pre-trained model the `m3ae` row (and the blank-image and question-only rows) fine-tune from:
+    the name of a model shipped with m3ae, or a model folder (--start)."""
+    start_fresh: tuple[str, ...] = ("fusion", "poolers", "modality_embed", "text_proj")
+    """Parts of a pre-trained start that VQA fine-tuning re-initialises: the pre-trained vision tower is
+    kept and the pre-trained fusion is not. On VQA-RAD the pre-trained fusion cost 6 points against
+    scratch while the vision tower with a fresh fusion gained 5 (3 seeds, docs/learning.md section 11)."""
 
 
 FULL = DemoSizes(pretrain_steps=300, finetune_epochs=10)
+"""``pretrain_steps`` is the demo's own short pre-training (its optional last row); 0 leaves that row out."""
 QUICK = DemoSizes(pretrain_steps=3, finetune_epochs=1, finetune_max_steps=3, batch_size=8,
                   finetune_batch_size=8, subset_images=24, min_type_count=1)
 MIN_SCALE = 0.25
@@ -97,9 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the bundled copy")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps of each stage on a data subset (CI)")
+    parser.add_argument("--start", default=FULL.start_model,
+                        help="the pre-trained model the m3ae row fine-tunes from: the name of a model shipped "
+                             f"with m3ae (default: {FULL.start_model}) or a model folder")
     parser.add_argument("--pretrain-steps", type=int, default=argparse.SUPPRESS,
-                        help=f"pre-training steps (default: {FULL.pretrain_steps}, scaled down to fit the "
-                             f"budget; {QUICK.pretrain_steps} with --quick); fixes the length, no budget scaling")
+                        help=f"steps of the demo's own short pre-training, one more row (default: "
+                             f"{FULL.pretrain_steps}, left out when it does not fit the budget; "
+                             f"{QUICK.pretrain_steps} with --quick; 0 = no such row); fixes the length")
     parser.add_argument("--finetune-epochs", type=float, default=argparse.SUPPRESS,
                         help=f"fine-tuning epochs of every fine-tuned row (default: {FULL.finetune_epochs:g}, "
                              "scaled down to fit the budget); fixes the length, no budget scaling")
@@ -212,32 +226,47 @@ timed at 0.15 s, pre-training 193 s for 300 steps timed at 0.42 s (1.4-1.5x); wi
 expected 10.9 minutes and the demo took 14.8."""
 
 FINETUNE_ROWS = ("m3ae", "scratch", "blank_images", "question_only")
-"""The fine-tuned rows of the table; every one trains for the same number of steps."""
+"""The fine-tuned rows of every demo; every fine-tuned row trains for the same number of steps."""
+SHORT_ROW = "m3ae_demo_pretrain"
+"""The optional row: the demo's own short pre-training, then the `m3ae` row's fine-tuning."""
 
 
 def plan_stages(costs: StepCosts, sizes: DemoSizes, scale: float, steps_per_epoch: int,
-                eval_examples: dict[str, int], fixed_seconds: float) -> Plan:
-    """Expected stage times when pre-training and fine-tuning run at ``scale`` x their default lengths."""
-    pretrain_steps = max(1, round(sizes.pretrain_steps * scale))
+                eval_examples: dict[str, int], fixed_seconds: float, short_row: bool = True) -> Plan:
+    """Expected stage times when pre-training and fine-tuning run at ``scale`` x their default lengths
+    (``short_row``: with the demo's own pre-training and its row)."""
+    pretrain_steps = max(1, round(sizes.pretrain_steps * scale)) if short_row else 0
     finetune_steps = max(1, round(sizes.finetune_epochs * steps_per_epoch * scale))
     epochs = max(1, math.ceil(finetune_steps / max(1, steps_per_epoch)))
     evals = (epochs * eval_examples["val"] + 2 * eval_examples["test"]) * costs.eval_example
-    times = {"fixed": fixed_seconds, "pretrain": pretrain_steps * costs.pretrain_step * LOOP_OVERHEAD}
-    for row in FINETUNE_ROWS:
+    times = {"fixed": fixed_seconds}
+    if short_row:
+        times["pretrain"] = pretrain_steps * costs.pretrain_step * LOOP_OVERHEAD
+    for row in FINETUNE_ROWS + ((SHORT_ROW,) if short_row else ()):
         step = costs.question_only_step if row == "question_only" else costs.finetune_step
         times[row] = (finetune_steps * step + evals * (0.5 if row == "question_only" else 1.0)) * LOOP_OVERHEAD
     return Plan(scale, pretrain_steps, finetune_steps, {k: round(v, 1) for k, v in times.items()}, True)
 
 
 def plan_to_budget(costs: StepCosts, sizes: DemoSizes, budget_seconds: float, steps_per_epoch: int,
-                   eval_examples: dict[str, int], fixed_seconds: float) -> Plan:
+                   eval_examples: dict[str, int], fixed_seconds: float, keep_short_row: bool = False) -> Plan:
     """The longest plan (scale <= 1, the same for every row) that fits the budget.
 
-    Pure: it only does arithmetic on measured costs, so it is tested with made-up step times.
-    When even MIN_SCALE does not fit, the MIN_SCALE plan is returned with ``fits=False``.
+    The demo's own short pre-training row is planned only at its full length, when everything fits at
+    the default lengths; otherwise it is left out (``pretrain_steps`` 0) before any row is shortened,
+    unless ``keep_short_row`` (the user asked for it with --pretrain-steps). Pure: it only does
+    arithmetic on measured costs, so it is tested with made-up step times. When even MIN_SCALE does
+    not fit, the MIN_SCALE plan is returned with ``fits=False``.
     """
+    wanted = sizes.pretrain_steps > 0
+    if wanted and not keep_short_row:
+        full = plan_stages(costs, sizes, 1.0, steps_per_epoch, eval_examples, fixed_seconds)
+        if budget_seconds <= 0 or full.total_seconds <= budget_seconds:
+            return full
+    short_row = wanted and keep_short_row
+
     def plan(scale: float) -> Plan:
-        return plan_stages(costs, sizes, scale, steps_per_epoch, eval_examples, fixed_seconds)
+        return plan_stages(costs, sizes, scale, steps_per_epoch, eval_examples, fixed_seconds, short_row)
 
     full = plan(1.0)
     if budget_seconds <= 0 or full.total_seconds <= budget_seconds:
@@ -324,7 +353,7 @@ def demo_precision(requested: str, chosen: str, seconds: dict[str, float] | None
 
 def measure_costs(sizes: DemoSizes, dirs: dict[str, Path], text_dir: Path, seed: int) -> StepCosts:
     """Times a pre-training, a fine-tuning and a question-only step of the demo's own recipes."""
-    pre = time_steps(pretrain_config(sizes, seed, text_dir), dirs["pretrain"])
+    pre = time_steps(pretrain_config(sizes, seed, text_dir), dirs["pretrain"]) if sizes.pretrain_steps else 0.0
     ft_cfg = finetune_config(sizes, seed, text_dir, pretrained=None)
     ft = time_steps(ft_cfg, dirs["vqa"])
     qo_cfg = finetune_config(sizes, seed, text_dir, pretrained=None, image_input="none")
@@ -438,19 +467,22 @@ def pretrain_config(sizes: DemoSizes, seed: int, text_dir: Path) -> dict[str, An
 
 
 def finetune_config(sizes: DemoSizes, seed: int, text_dir: Path, pretrained: Path | None,
-                    image_input: str = "pixels") -> dict[str, Any]:
+                    image_input: str = "pixels", fresh: tuple[str, ...] = ()) -> dict[str, Any]:
     """VQA fine-tuning recipe; model selection on the val split.
 
     Args:
         pretrained: the pre-trained folder, or None for the model before pre-training (the same
             random ViT initialisation and the pretrained MiniLM text tower).
         image_input: "pixels", or "none" for the question-only baseline.
+        fresh: parts of ``pretrained`` kept at their fresh initialisation (``model.fresh``).
     """
     cfg = base_config(sizes, seed, text_dir)
     if pretrained is None:
         cfg["model"]["text_weights"] = str(text_dir)
     else:
         cfg["model"]["pretrained"] = str(pretrained)
+        if fresh:
+            cfg["model"]["fresh"] = list(fresh)
     cfg["task"] = {"name": "vqa", "loss": sizes.finetune_loss, "image_input": image_input}
     mult = sizes.finetune_head_multiplier
     cfg["optim"] = {"lr": sizes.finetune_lr, "warmup_ratio": 0.1,
@@ -570,9 +602,9 @@ def reconstruction_figure(model_dir: Path, src: Path, data_dir: Path, path: Path
     from m3ae import viz
     from m3ae.data import load_tokenizer
     from m3ae.inference import preprocessing_from_config, read_folder_config
-    from m3ae.models import M3AE
+    from m3ae.weights.factory import create_model
 
-    model = M3AE.from_pretrained(model_dir).eval()
+    model = create_model(None, pretrained=model_dir).eval()  # also a shipped folder, without its text tower
     pre = preprocessing_from_config(read_folder_config(model_dir), model.config.vision.image_size)
     picked = pick_test_images(src, data_dir, count)
     ids = [i for i, _ in picked]
@@ -628,8 +660,10 @@ def demo_sizes(args: argparse.Namespace) -> DemoSizes:
         sizes = dataclasses.replace(sizes, pretrain_steps=args.pretrain_steps)
     if getattr(args, "finetune_epochs", None) is not None:
         sizes = dataclasses.replace(sizes, finetune_epochs=args.finetune_epochs)
-    if sizes.pretrain_steps < 1 or sizes.finetune_epochs <= 0:
-        raise M3AEError("--pretrain-steps must be at least 1 and --finetune-epochs above 0")
+    if sizes.pretrain_steps < 0 or sizes.finetune_epochs <= 0:
+        raise M3AEError("--pretrain-steps must be at least 0 (0 = no row of the demo's own pre-training) "
+                        "and --finetune-epochs above 0")
+    sizes = dataclasses.replace(sizes, start_model=getattr(args, "start", sizes.start_model))
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise M3AEError(f"--seeds has duplicates: {args.seeds}")
     if args.budget_minutes < 0:
@@ -685,17 +719,18 @@ def clear_out(out: Path) -> None:
     (out / DEMO_MARKER).write_text("written by `m3ae demo`; the next demo run into this folder replaces it\n")
 
 
-ROWS = ("majority", "question_only", "blank_images", "scratch", "m3ae")
-"""The keys of results.json "metrics", in table order."""
+ROWS = ("majority", "question_only", "blank_images", "scratch", "m3ae", "m3ae_demo_pretrain")
+"""The keys of results.json "metrics", in table order (the last only when the demo pre-trained)."""
 ROW_TITLES = {
     "majority": "majority answer (most frequent train answer)",
     "question_only": "question only (same text tower + head, no image)",
     "blank_images": "M3AE pre-trained, fine-tuned on blank images",
     "scratch": "fine-tuned without pre-training",
-    "m3ae": "M3AE (pre-trained + fine-tuned)",
+    "m3ae": "M3AE (the shipped pre-trained model + fine-tuned)",
+    "m3ae_demo_pretrain": "M3AE (the demo's own short pre-training + fine-tuned)",
 }
 RUN_FOLDERS = {"m3ae": "finetune", "blank_images": "finetune_blank", "scratch": "finetune_scratch",
-               "question_only": "finetune_question_only"}
+               "question_only": "finetune_question_only", "m3ae_demo_pretrain": "finetune_demo_pretrain"}
 
 
 def make_plan(args: argparse.Namespace, sizes: DemoSizes, dirs: dict[str, Path], text_dir: Path,
@@ -716,19 +751,24 @@ def make_plan(args: argparse.Namespace, sizes: DemoSizes, dirs: dict[str, Path],
     sizes, precision_seconds = faster_precision(sizes, dirs, text_dir, args.seed)
     costs = measure_costs(sizes, dirs, text_dir, args.seed)
     spent = elapsed + time.perf_counter() - start
-    print(f"measured on this machine: pre-training step {costs.pretrain_step:.2f} s, fine-tuning step "
+    print(f"measured on this machine: pre-training step {costs.pretrain_step:.2f} s (demo's own row), fine-tuning step "
           f"{costs.finetune_step:.2f} s, question-only step {costs.question_only_step:.2f} s "
           f"(batch {sizes.batch_size} / {sizes.finetune_batch_size}; timing took {time.perf_counter() - start:.0f} s)")
     fixed_seconds = REPORT_SECONDS
     plan = plan_to_budget(costs, sizes, args.budget_minutes * 60 - spent, steps_per_epoch,
-                          {k: int(splits[k]["examples"]) for k in ("val", "test")}, fixed_seconds)
+                          {k: int(splits[k]["examples"]) for k in ("val", "test")}, fixed_seconds,
+                          keep_short_row=hasattr(args, "pretrain_steps"))
     if hasattr(args, "pretrain_steps"):
         plan = dataclasses.replace(plan, pretrain_steps=sizes.pretrain_steps)
     if hasattr(args, "finetune_epochs"):
         plan = dataclasses.replace(plan, finetune_steps=round(sizes.finetune_epochs * steps_per_epoch))
     epochs = plan.finetune_steps / steps_per_epoch
-    print(f"plan ({plan.scale:.0%} of the default lengths, the same for every row): pre-train "
-          f"{plan.pretrain_steps} steps, fine-tune {plan.finetune_steps} steps ({epochs:.1f} epochs) per row; "
+    if sizes.pretrain_steps and not plan.pretrain_steps:
+        print(f"the demo's own {sizes.pretrain_steps}-step pre-training row is left out: with it the demo would "
+              f"not fit the {args.budget_minutes:g}-minute budget (--pretrain-steps N keeps it)")
+    short = f"pre-train {plan.pretrain_steps} steps (own row), " if plan.pretrain_steps else ""
+    print(f"plan ({plan.scale:.0%} of the default lengths, the same for every row): {short}"
+          f"fine-tune {plan.finetune_steps} steps ({epochs:.1f} epochs) per row; "
           "expected: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in plan.stage_seconds.items())
           + f"; total with set-up {(spent + plan.total_seconds) / 60:.1f} min of the {args.budget_minutes:g}")
     if not plan.fits:
@@ -744,25 +784,46 @@ REPORT_SECONDS = 30.0
 """Planned time for test predictions, pictures and the report (measured: about 20 s)."""
 
 
+def start_folder(start: str) -> Path:
+    """The folder of the pre-trained start: a model shipped with m3ae (by name) or a model folder."""
+    from m3ae.weights.pretrained import shipped_names, shipped_or_given
+
+    folder = Path(shipped_or_given(start))
+    if not (folder / "config.json").is_file():
+        raise M3AEError(f"demo --start {start}: neither a model shipped with m3ae ({shipped_names() or 'none'}) "
+                        "nor a model folder with a config.json")
+    return folder
+
+
 def train_rows(out: Path, sizes: DemoSizes, seed: int, text_dir: Path, dirs: dict[str, Path],
                clock: StageClock, tag: str = "") -> dict[str, Path]:
-    """Pre-train, then fine-tune the four rows; returns the run folder of each."""
-    runs = {"pretrain": out / "pretrain", **{row: out / folder for row, folder in RUN_FOLDERS.items()}}
-    clock(f"pretrain{tag}", f"2/6 pre-train m3ae-small{tag} (MLM + MIM + ITM; ViT from scratch, "
-                            "text tower = pretrained MiniLM)")
-    print("Pre-training text = question + ' ' + answer of the train split. These are NOT real captions.")
-    train_stage("pretrain", pretrain_config(sizes, seed, text_dir), dirs["pretrain"], runs["pretrain"])
-    pretrained = runs["pretrain"] / "best"
+    """Fine-tune the rows (and pre-train for the demo's own row); returns the run folder of each."""
+    rows = FINETUNE_ROWS + ((SHORT_ROW,) if sizes.pretrain_steps else ())
+    runs = {row: out / RUN_FOLDERS[row] for row in rows}
+    start = start_folder(sizes.start_model)
     jobs = {
-        "m3ae": ("fine-tune VQA from the pre-trained model", pretrained, "pixels", dirs["vqa"]),
-        "scratch": ("the same fine-tune from the model before pre-training", None, "pixels", dirs["vqa"]),
-        "blank_images": ("the pre-trained model fine-tuned on blank (black) images", pretrained, "pixels",
+        "m3ae": (f"fine-tune VQA from the pre-trained {sizes.start_model}", start, "pixels", dirs["vqa"]),
+        "scratch": ("the same fine-tuning from a random vision tower and fusion", None, "pixels", dirs["vqa"]),
+        "blank_images": ("the pre-trained model fine-tuned on blank (black) images", start, "pixels",
                          dirs["blank"]),
-        "question_only": ("the pre-trained text tower + head, no image input", pretrained, "none", dirs["vqa"]),
+        "question_only": ("the pre-trained model's text tower + head, no image input", start, "none",
+                          dirs["vqa"]),
     }
-    for row, (title, start, image_input, data) in jobs.items():
+    print(f"pre-trained start: {start} ({sizes.start_model}); fine-tuning re-initialises its "
+          f"{', '.join(sizes.start_fresh)} and keeps its vision tower (docs/learning.md section 11)")
+    if sizes.pretrain_steps:
+        runs["pretrain"] = out / "pretrain"
+        clock(f"pretrain{tag}", f"2/6 the demo's own short pre-training of m3ae-small{tag} (MLM + MIM + ITM; "
+                                "ViT from scratch, text tower = pretrained MiniLM)")
+        print("Pre-training text = question + ' ' + answer of the train split. These are NOT real captions.")
+        train_stage("pretrain", pretrain_config(sizes, seed, text_dir), dirs["pretrain"], runs["pretrain"])
+        jobs[SHORT_ROW] = (f"fine-tune VQA from the demo's own {sizes.pretrain_steps}-step pre-training",
+                           runs["pretrain"] / "best", "pixels", dirs["vqa"])
+    for row, (title, pretrained, image_input, data) in jobs.items():
         clock(f"{row}{tag}", f"3-4/6 {title}{tag} (best epoch chosen on val)")
-        train_stage("finetune", finetune_config(sizes, seed, text_dir, start, image_input), data, runs[row])
+        fresh = sizes.start_fresh if pretrained is not None else ()
+        train_stage("finetune", finetune_config(sizes, seed, text_dir, pretrained, image_input, fresh), data,
+                    runs[row])
     return runs
 
 
@@ -770,9 +831,9 @@ def score_rows(runs: dict[str, Path], dirs: dict[str, Path], precision: str
                ) -> tuple[dict[str, list[dict[str, Any]]], str]:
     """Per-question test records of every row (the majority baseline included) and the majority answer."""
     records = {row: predict_split(runs[row] / "best", dirs["blank" if row == "blank_images" else "vqa"], "test",
-                                  precision) for row in RUN_FOLDERS}
+                                  precision) for row in RUN_FOLDERS if row in runs}
     majority_answer, records["majority"] = majority_baseline(dirs["vqa"], records["m3ae"])
-    return {row: records[row] for row in ROWS}, majority_answer
+    return {row: records[row] for row in ROWS if row in records}, majority_answer
 
 
 def mean_table(tables: list[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
@@ -829,7 +890,7 @@ def run(args: argparse.Namespace) -> int:
             print(results_table(table, majority_answer))
     runs, records = all_runs[seeds[0]]
     clock("report", "6/6 pictures and results")
-    figures = draw_figures(out, src, dirs, runs, records, sizes.min_type_count)
+    figures = draw_figures(out, src, dirs, runs, records, sizes.min_type_count, start_folder(sizes.start_model))
     mean, sd = mean_table(tables) if len(tables) > 1 else (tables[0], None)
     clock.stop()
     write_report(out, sizes, args, mean, sd, tables, seeds, figures, runs["m3ae"], dirs, clock, plan, precision)
@@ -846,14 +907,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def draw_figures(out: Path, src: Path, dirs: dict[str, Path], runs: dict[str, Path],
-                 records: dict[str, list[dict[str, Any]]], min_type_count: int) -> dict[str, Path]:
-    """Reconstructions, training curves and accuracy by question type (plus the per-question records)."""
+                 records: dict[str, list[dict[str, Any]]], min_type_count: int, start: Path) -> dict[str, Path]:
+    """Reconstructions (by the pre-trained start), training curves and accuracy by question type (plus
+    the per-question records)."""
     from m3ae import viz
 
-    figures = {"reconstructions": reconstruction_figure(runs["pretrain"] / "best", src, dirs["vqa"],
-                                                        out / "reconstructions.png")}
-    logs = {"pre-training": runs["pretrain"] / "log.jsonl",
-            **{f"fine-tuning: {row.replace('_', ' ')}": runs[row] / "log.jsonl" for row in RUN_FOLDERS}}
+    figures = {"reconstructions": reconstruction_figure(start, src, dirs["vqa"], out / "reconstructions.png")}
+    logs = {**({"demo pre-training": runs["pretrain"] / "log.jsonl"} if "pretrain" in runs else {}),
+            **{f"fine-tuning: {row.replace('_', ' ')}": runs[row] / "log.jsonl" for row in RUN_FOLDERS
+               if row in runs}}
     figures["curves"] = viz.plot_training_curves({k: v for k, v in logs.items() if v.is_file()},
                                                  out / "training_curves.png")
     types = question_types(src)
@@ -889,15 +951,16 @@ def write_report(out: Path, sizes: DemoSizes, args: argparse.Namespace, table: d
     (out / "results.md").write_text(
         "# m3ae demo results (VQA-RAD test split, clean protocol)\n\n" + results_table(table, sd=sd) + "\n\n"
         + (f"Mean ± sd over seeds {seeds}.\n\n" if sd else "")
-        + "Pre-training text was question + answer pairs of the train split, not real captions. "
-        "Research use only.\n")
+        + f"`m3ae` fine-tunes the pre-trained {sizes.start_model} (its vision tower; the fusion re-initialised)"
+        + (f"; `m3ae_demo_pretrain` the demo's own {sizes.pretrain_steps}-step pre-training, whose text was "
+           "question + answer pairs of the train split, not real captions" if "m3ae_demo_pretrain" in table else "")
+        + ". Research use only.\n")
     write_model_card(ft_run / "best", {
         "name": "m3ae-small fine-tuned on VQA-RAD (demo)", "task": "vqa",
         "data": {"dataset": "vqa-rad", "protocol": summary.get("protocol", "clean"),
                  "splits": {k: v.get("examples") for k, v in summary.get("splits", {}).items()}},
-        "base_model": "m3ae-small: ViT from scratch + pretrained MiniLM-L6 text tower, pre-trained by the "
-                      f"demo for {sizes.pretrain_steps} steps (MLM + MIM + ITM) on question+answer pairs of "
-                      "the train split",
+        "base_model": f"{sizes.start_model} (m3ae-small pre-trained by M3AE: MLM + MIM + ITM + ITC), its "
+                      f"{', '.join(sizes.start_fresh)} re-initialised for fine-tuning",
         "metrics": tables[0]["m3ae"], "metrics_split": "test",
         "training": {"finetune_epochs": round(sizes.finetune_epochs, 2), "batch_size": sizes.finetune_batch_size,
                      "lr": sizes.finetune_lr, "precision": f"{precision.name} ({precision.reason})",

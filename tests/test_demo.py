@@ -24,6 +24,7 @@ EXPECTED_FILES = (
     "finetune/log.jsonl", "finetune/best/model.safetensors", "finetune/best/config.json",
     "finetune/best/README.md", "finetune_blank/best/model.safetensors",
     "finetune_scratch/best/model.safetensors", "finetune_question_only/best/model.safetensors",
+    "finetune_demo_pretrain/best/model.safetensors",
     "data/vqa_rad/summary.json", "data/vqa_rad_blank/summary.json", "data/pretrain/summary.json",
 )
 
@@ -76,7 +77,9 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == "test"
-    assert list(results["metrics"]) == ["majority", "question_only", "blank_images", "scratch", "m3ae"]
+    # the demo's own short pre-training is the last row (QUICK runs it)
+    assert list(results["metrics"]) == ["majority", "question_only", "blank_images", "scratch", "m3ae",
+                                        "m3ae_demo_pretrain"]
     assert results["precision"] in ("fp32", "bf16")
     for method, metrics in results["metrics"].items():
         assert set(metrics) == {"open", "closed", "overall"}
@@ -86,7 +89,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert low - 1e-6 <= metrics["overall"] <= high + 1e-6, (method, metrics)
     for png in ("reconstructions.png", "training_curves.png", "accuracy_by_question_type.png"):
         assert Image.open(out / png).size[0] > 300
-    width, height = Image.open(out / "training_curves.png").size  # five runs: a 2 x 3 grid, not a strip
+    width, height = Image.open(out / "training_curves.png").size  # six runs: a 2 x 3 grid, not a strip
     assert width <= 1600 and height > width / 2.5
     card = (out / "finetune" / "best" / "README.md").read_text()
     assert "not** a medical device" in card and "vqa-rad" in card
@@ -129,18 +132,34 @@ def test_budget_plan_keeps_the_full_lengths_on_a_fast_machine():
 
 
 def test_budget_plan_scales_down_when_steps_are_slow():
-    """Measured step times that would overrun the budget shorten every row by the same share."""
-    plan = demo.plan_to_budget(COSTS, demo.FULL, 800, 86, EVAL, 30)
+    """Measured step times that would overrun the budget shorten every row by the same share, after the
+    optional row of the demo's own pre-training is left out."""
+    plan = demo.plan_to_budget(COSTS, demo.FULL, 600, 86, EVAL, 30)
     assert demo.MIN_SCALE <= plan.scale < 1.0 and plan.fits
-    assert plan.total_seconds <= 800
-    slower = demo.plan_to_budget(dataclasses.replace(COSTS, finetune_step=0.4), demo.FULL, 800, 86, EVAL, 30)
+    assert plan.total_seconds <= 600
+    slower = demo.plan_to_budget(dataclasses.replace(COSTS, finetune_step=0.4), demo.FULL, 600, 86, EVAL, 30)
     assert slower.scale < plan.scale and slower.finetune_steps < plan.finetune_steps
     # one number of fine-tuning steps for every row, so the table compares like with like
-    assert set(plan.stage_seconds) == {"fixed", "pretrain", *demo.FINETUNE_ROWS}
+    assert set(plan.stage_seconds) == {"fixed", *demo.FINETUNE_ROWS} and plan.pretrain_steps == 0
+    kept = demo.plan_to_budget(COSTS, demo.FULL, 600, 86, EVAL, 30, keep_short_row=True)  # --pretrain-steps
+    assert set(kept.stage_seconds) == {"fixed", "pretrain", *demo.FINETUNE_ROWS, demo.SHORT_ROW}
+    assert kept.pretrain_steps > 0 and kept.scale < plan.scale and kept.total_seconds <= 600
+
+
+def test_budget_plan_leaves_out_the_short_pretraining_row_before_shortening_any_row():
+    full_without = demo.plan_stages(COSTS, demo.FULL, 1.0, 86, EVAL, 30, short_row=False).total_seconds
+    full_with = demo.plan_stages(COSTS, demo.FULL, 1.0, 86, EVAL, 30).total_seconds
+    assert full_without < full_with
+    plan = demo.plan_to_budget(COSTS, demo.FULL, (full_without + full_with) / 2, 86, EVAL, 30)
+    assert plan.scale == 1.0 and plan.pretrain_steps == 0 and demo.SHORT_ROW not in plan.stage_seconds
+    plan = demo.plan_to_budget(COSTS, demo.FULL, full_with, 86, EVAL, 30)
+    assert plan.scale == 1.0 and plan.pretrain_steps == demo.FULL.pretrain_steps
+    no_row = dataclasses.replace(demo.FULL, pretrain_steps=0)  # --pretrain-steps 0
+    assert demo.plan_to_budget(COSTS, no_row, 10_000, 86, EVAL, 30).pretrain_steps == 0
 
 
 def test_budget_plan_says_when_even_the_minimum_does_not_fit():
-    plan = demo.plan_to_budget(dataclasses.replace(COSTS, pretrain_step=60.0), demo.FULL, 800, 86, EVAL, 30)
+    plan = demo.plan_to_budget(dataclasses.replace(COSTS, finetune_step=60.0), demo.FULL, 800, 86, EVAL, 30)
     assert not plan.fits and plan.scale == demo.MIN_SCALE and plan.total_seconds > 800
 
 

@@ -104,3 +104,38 @@ def test_a_fresh_run_into_a_used_folder_is_refused(tmp_path):
     run_toy(tmp_path, max_steps=2)
     with pytest.raises(M3AEError, match="--resume"):
         run_toy(tmp_path, max_steps=2)
+
+
+def test_training_uses_deterministic_kernels_and_restores_the_setting_after(tmp_path):
+    """`train.deterministic` (on by default) is what makes a rerun give the same losses on CPU; the
+    global switch is back to the caller's setting afterwards, even when training fails."""
+    seen = []
+
+    class Spy(ToyTask):
+        def forward_backward(self, model, batch, backward):
+            seen.append(torch.are_deterministic_algorithms_enabled())
+            return super().forward_backward(model, batch, backward)
+
+    before = torch.are_deterministic_algorithms_enabled()
+    train = TrainArgs(batch_size=2, per_device_batch_size=2, max_steps=2, log_every=1, progress=False,
+                      tensorboard=False)
+    optim = OptimArgs(lr=0.05, warmup_steps=0, warmup_ratio=None)
+    fit(Spy(), ToyModel(), toy_loaders(2), optim, train, EvalArgs(), run_dir=tmp_path / "a")
+    assert seen and all(seen) and torch.are_deterministic_algorithms_enabled() == before
+    with pytest.raises(M3AEError):
+        fit(Spy(nan_at_call=1), ToyModel(), toy_loaders(2), optim, train, EvalArgs(), run_dir=tmp_path / "b")
+    assert torch.are_deterministic_algorithms_enabled() == before
+    seen.clear()
+    off = TrainArgs(**{**train.__dict__, "deterministic": False})
+    fit(Spy(), ToyModel(), toy_loaders(2), optim, off, EvalArgs(), run_dir=tmp_path / "c")
+    assert seen and not any(seen)
+
+
+def test_the_result_carries_the_validation_metrics_of_the_best_model(tmp_path):
+    """metrics.json and the model card of a run without a test split describe the model in best/, not
+    the last validation's model."""
+    _, result = run_toy(tmp_path, max_steps=24, validate=True)
+    rows = {r["step"]: r for r in read_log(tmp_path, "val")}
+    best = rows[result.best_step]
+    assert result.best_metrics and all(result.best_metrics[k] == best[k] for k in result.best_metrics)
+    assert result.best_metric == -best["loss"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ class FitResult:
     best_metric: float | None
     best_step: int | None
     last_metrics: dict[str, float] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    """The validation metrics of the best model (the one saved in ``best/``)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,6 +117,8 @@ class _State:
     micro_in_epoch: int = 0
     best_metric: float | None = None
     best_step: int | None = None
+    best_metrics: dict[str, float] | None = None
+    """Every validation metric of the best model (what ``best/`` holds)."""
 
 
 def train_step(
@@ -253,19 +258,30 @@ def fit(
     Raises:
         M3AEError: a NaN/inf loss (the last good checkpoint is left intact), bad batch settings.
     """
-    run = _Run(task, model, loaders, optim, train, eval, run_dir, monitor, save_best, extra_state)
-    run.start(resume)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if train.deterministic:
+        # CUDA's cuBLAS is deterministic only with a fixed workspace; the variable must be set before
+        # its first use, and a value the user set wins
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        while run.state.step < run.total:
-            if run.one_epoch():
-                break
-        run.finish()
+        run = _Run(task, model, loaders, optim, train, eval, run_dir, monitor, save_best, extra_state)
+        run.start(resume)
+        try:
+            while run.state.step < run.total:
+                if run.one_epoch():
+                    break
+            run.finish()
+        finally:
+            run.progress.close()
+            run.logger.close()
+            if run.in_backward is not None:  # the model may train again elsewhere, with its own optimizer
+                run.in_backward.remove()
     finally:
-        run.progress.close()
-        run.logger.close()
-        if run.in_backward is not None:  # the model may train again elsewhere, with its own optimizer
-            run.in_backward.remove()
-    return FitResult(run.state.step, run.state.best_metric, run.state.best_step, run.last_metrics)
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+    return FitResult(run.state.step, run.state.best_metric, run.state.best_step, run.last_metrics,
+                     run.state.best_metrics or {})
 
 
 class _Run:
@@ -414,7 +430,7 @@ class _Run:
             raise M3AEError(f"eval.monitor {self.monitor!r} is not among the validation metrics {sorted(metrics)}")
         value = -metrics[key] if self.monitor.startswith("-") else metrics[key]
         if _better(value, state.best_metric):
-            state.best_metric, state.best_step = value, state.step
+            state.best_metric, state.best_step, state.best_metrics = value, state.step, dict(metrics)
             if self.run_dir is not None and self.info.is_main:
                 self.save_best(self.model, self.run_dir / "best")
             D.barrier()

