@@ -170,6 +170,32 @@ def honour_umask(path: str | Path) -> None:
     os.chmod(path, FILE_MODE & ~current_umask())
 
 
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes a small text file atomically (temp file, fsync, rename, fsync the folder)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file``, then the usual file mode: safetensors writes a private temp
     file (0600) and renames it, so weights in a shared folder were unreadable to colleagues."""

@@ -84,15 +84,15 @@ def read_measured(name: str) -> dict[str, Any]:
 
 
 def remember_measured(name: str, key: str, entry: dict[str, Any]) -> None:
-    """Add one measured choice, atomically (temporary file + rename); a read-only home is ignored."""
+    """Add one measured choice, atomically (`m3ae.guards.atomic_write_text`); a read-only home is ignored."""
+    from m3ae.guards import atomic_write_text
+
     path = measured_path(name)
     data = read_measured(name)
     data[key] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass
 

@@ -22,40 +22,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from m3ae.errors import CheckpointError
-from m3ae.guards import save_safetensors
+from m3ae.guards import atomic_write_text, fsync_dir, save_safetensors
 
 LATEST = "latest.json"
 STATE = "state.json"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes a small text file atomically (temp file, fsync, rename, fsync the folder)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _plain_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -174,11 +149,11 @@ def save_checkpoint(
     (tmp / STATE).write_text(json.dumps(meta))
     for f in tmp.iterdir():
         _fsync_file(f)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
     atomic_write_text(ckpt_dir / LATEST, json.dumps({"step": step, "path": final.name}))
     _prune(ckpt_dir, keep, final)
     return final
