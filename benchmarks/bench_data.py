@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from m3ae.data.images import ImageTransform, decode_image
-from m3ae.data.prepare_cli import prepare_dataset
+from m3ae.data import prepare_dataset
 from m3ae.data.storage import ImageStore
 
 

@@ -1,7 +1,7 @@
 """ONNX export benchmark: onnxruntime-vs-torch parity and CPU latency of the VQA graph.
 
 For each preset: a model with random weights and a VQA head (speed and parity do not depend on the
-weights) is saved, exported with `m3ae.export.export_onnx` (vqa + encoder graphs), checked against
+weights) is saved, exported with `m3ae.inference.export.export_onnx` (vqa + encoder graphs), checked against
 torch on fresh inputs, then timed: median wall time of a forward at batch 1 and 8, torch (no_grad,
 eval) vs ONNX Runtime (CPU provider), both with the same number of intra-op threads.
 
@@ -42,7 +42,7 @@ def bench_size(name: str, batches: list[int], repeat: int, warmup: int, threads:
     """Export one preset and time torch vs onnxruntime at each batch size."""
     import torch
 
-    from m3ae.export import INPUT_NAMES, example_inputs, export_onnx, graph_module, onnx_session
+    from m3ae.inference.export import INPUT_NAMES, example_inputs, export_onnx, graph_module, onnx_session
     from m3ae.models import M3AE, ModelConfig
 
     torch.manual_seed(0)

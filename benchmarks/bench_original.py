@@ -49,7 +49,7 @@ tqdm + numpy; NOT our library's venv, whose transformers 5 the original cannot i
         --tiny --image-size 32 --text-len 8 --steps 1 --warmup 0
 
 This file imports nothing from our library (the original's package is also called ``m3ae``); it loads
-our dependency-free ``m3ae/bench_core.py`` by file path for the shapes and the measuring helpers.
+our dependency-free ``m3ae/experiments/bench_core.py`` by file path for the shapes and the measuring helpers.
 """
 from __future__ import annotations
 
@@ -68,9 +68,9 @@ from pathlib import Path
 
 
 def _load_bench_core() -> types.ModuleType:
-    """Our `m3ae/bench_core.py` by file path: the shapes and the measuring and profile helpers are
+    """Our `m3ae/experiments/bench_core.py` by file path: the shapes and the measuring and profile helpers are
     the very ones `m3ae bench` uses, while `import m3ae` stays free for the original's package."""
-    path = Path(__file__).resolve().parents[1] / "m3ae" / "bench_core.py"
+    path = Path(__file__).resolve().parents[1] / "m3ae" / "experiments" / "bench_core.py"
     spec = importlib.util.spec_from_file_location("m3ae_bench_core", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -44,7 +44,7 @@ def save_model(size: str, folder: Path) -> Path:
 
     config = ModelConfig.from_name(size).with_heads(["vqa"], num_answers=len(ANSWERS))
     if config.text.model_type == "bert":
-        from m3ae.demo import minilm_folder
+        from m3ae.experiments.demo import minilm_folder
 
         tokenizer = load_tokenizer(minilm_folder())
     else:
@@ -133,7 +133,7 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> list[str]:
 
     def direct(i: int) -> None:
         if args.explain:
-            from m3ae.explain import explain_answer
+            from m3ae.inference.explain import explain_answer
 
             explain_answer(pipe, decoded[i % 8], QUESTIONS[i % 4])
         pipe(decoded[i % 8], QUESTIONS[i % 4], top_k=5)

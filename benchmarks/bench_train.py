@@ -1,7 +1,7 @@
 """Training-step benchmark grid: samples/s and peak memory of one pre-training step, one VQA
 fine-tuning step and VQA inference, at several sizes and precisions, as a Markdown table.
 
-Each configuration is one `m3ae bench` run (`m3ae.bench.run_job`: a fresh subprocess, so its peak
+Each configuration is one `m3ae bench` run (`m3ae.experiments.bench.run_job`: a fresh subprocess, so its peak
 RSS is its own; random weights; synthetic batches with the paper's shapes: pre-training 288 px /
 64 tokens, VQA 384 px / 32 tokens / 498 answers). Inference runs as `m3ae predict` does (bf16 by
 autocast, int8 by dynamic quantisation).
@@ -32,8 +32,8 @@ REFERENCE = {
 
 
 def run_one(spec: dict) -> dict:
-    """Runs one configuration through `m3ae.bench` (a fresh interpreter: its own peak RSS)."""
-    from m3ae.bench import BenchSpec, run_job
+    """Runs one configuration through `m3ae.experiments.bench` (a fresh interpreter: its own peak RSS)."""
+    from m3ae.experiments.bench import BenchSpec, run_job
     from m3ae.errors import M3AEError
 
     try:
@@ -71,8 +71,10 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the grid of configurations and prints a Markdown table (and JSON lines with --json)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from m3ae.experiments.bench_core import JOBS
+
     p.add_argument("--sizes", nargs="+", default=["m3ae-tiny"])
-    p.add_argument("--jobs", nargs="+", default=["pretrain", "vqa", "infer"], choices=list(SHAPES))
+    p.add_argument("--jobs", nargs="+", default=["pretrain", "vqa", "infer"], choices=list(JOBS))
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
                    choices=["auto", "fp32", "bf16", "fp16", "int8"], help="int8: inference only")
     p.add_argument("--batch-pretrain", type=int, default=4)

@@ -31,11 +31,11 @@ JOBS = ("pretrain", "vqa", "infer")
 
 
 def bench_command(side: str, job: str, image: int, text: int, args: argparse.Namespace) -> list[str]:
-    """The command line of one run: ours (``m3ae.bench``) or the original's harness."""
+    """The command line of one run: ours (``m3ae.experiments.bench``) or the original's harness."""
     common = ["--job", job, "--image-size", str(image), "--text-len", str(text), "--steps", str(args.steps),
               "--warmup", str(args.warmup), "--precision", args.precision, "--threads", str(args.threads), "--json"]
     if side == "ours":
-        return [sys.executable, "-m", "m3ae.bench", "--size", args.size, *common]
+        return [sys.executable, "-m", "m3ae.experiments.bench", "--size", args.size, *common]
     tiny = ["--tiny"] if args.size == "m3ae-tiny" else []
     return [args.orig_python, str(ROOT / "benchmarks" / "bench_original.py"), "--orig-src", args.orig_src,
             *tiny, *common]
@@ -51,7 +51,7 @@ def run_point(side: str, job: str, image: int, text: int, args: argparse.Namespa
     proc = subprocess.run(bench_command(side, job, image, text, args), capture_output=True, text=True, env=env)
     row = {"side": side, "job": job, "image_size": image, "text_len": text}
     if proc.returncode != 0:
-        from m3ae.bench import child_failure
+        from m3ae.experiments.bench import child_failure
 
         return {**row, "error": child_failure(proc)[:300]}
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "side": side}

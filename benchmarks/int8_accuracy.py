@@ -1,7 +1,7 @@
 """Does int8 inference give the fp32 model's answers? VQA accuracy of one fine-tuned model, twice.
 
 Runs the model over a split of a prepared VQA folder in fp32, quantises its Linear layers to int8
-(`m3ae.quantize.quantize_int8`, what `--precision int8` does) and runs it again. Reports the share
+(`m3ae.inference.quantize.quantize_int8`, what `--precision int8` does) and runs it again. Reports the share
 of questions whose answer is unchanged, both accuracies (open / closed / overall, percent) and the
 seconds each pass took. The goal (issue 12): the same answer on >= 98% of the VQA-RAD test
 questions and overall accuracy within 1 point of fp32.
@@ -70,7 +70,7 @@ def compare(model_dir: Path, data_dir: Path, split: str = "test", batch_size: in
     and the fp32 answers are the same throughout).
     """
     from m3ae.models import M3AE
-    from m3ae.quantize import ALL_LINEAR_PARTS, QUANTIZED_PARTS, quantize_int8
+    from m3ae.inference.quantize import ALL_LINEAR_PARTS, QUANTIZED_PARTS, quantize_int8
     from m3ae.train.evaluation import evaluate_vqa
 
     parts = tuple(parts or QUANTIZED_PARTS)

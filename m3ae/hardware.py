@@ -25,7 +25,7 @@ bf16, else fp32."""
 
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 """What inference commands (predict, serve, evaluate, bench --job infer) accept: the autocast
-precisions plus int8, dynamic int8 quantisation of the Linear layers (`m3ae.quantize`). Training
+precisions plus int8, dynamic int8 quantisation of the Linear layers (`m3ae.inference.quantize`). Training
 never takes int8: the quantised layers have no gradients."""
 
 _warned: set[str] = set()

@@ -2,7 +2,7 @@
 
 The record is written into every model folder (``config.json`` -> ``"preprocessing"``) by training
 and by ``m3ae convert``; the training transforms (`m3ae.data`) and inference (`m3ae.inference`,
-`m3ae.embed`, `m3ae.export`) both build their image transform and tokenizer call from it, so a
+`m3ae.inference.embed`, `m3ae.inference.export`) both build their image transform and tokenizer call from it, so a
 model is always fed the way it was trained. This module is on the lowest floor: it imports
 nothing from the package but `m3ae.errors`.
 """

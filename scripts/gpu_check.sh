@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Check and measure m3ae on one CUDA GPU in under 10 minutes: runs `python -m m3ae.gpu_check`
+# Check and measure m3ae on one CUDA GPU in under 10 minutes: runs `python -m m3ae.cli gpu-check`
 # (see `scripts/gpu_check.sh --help`) with this checkout's m3ae, so nothing needs installing.
 #
 # A GPU machine may be offline and may not have this project's virtual environment, so no
@@ -48,4 +48,4 @@ if ! PY="$(choose_python)"; then
     exit 2
 fi
 echo "gpu_check.sh: using $PY" >&2
-cd "$ROOT" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m m3ae.gpu_check "$@"
+cd "$ROOT" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m m3ae.cli gpu-check "$@"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from m3ae import ablate
+from m3ae.experiments import ablate
 from m3ae.errors import M3AEError
 from m3ae.train.config import config_from_dict
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from m3ae.bench import BenchSpec, check_spec, profile_markdown, profile_title, run_here
+from m3ae.experiments.bench import BenchSpec, check_spec, profile_markdown, profile_title, run_here
 from m3ae.errors import M3AEError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_cost_growth_commands_pass_the_grid_point():
         size="m3ae-tiny", steps=1, warmup=0, precision="fp32", threads=2, orig_python="/venv/bin/python",
         orig_src="/src")
     ours = growth.bench_command("ours", "vqa", 64, 16, args)
-    assert ours[1:3] == ["-m", "m3ae.bench"] and ours[ours.index("--image-size") + 1] == "64"
+    assert ours[1:3] == ["-m", "m3ae.experiments.bench"] and ours[ours.index("--image-size") + 1] == "64"
     assert ours[ours.index("--text-len") + 1] == "16" and "--json" in ours and "m3ae-tiny" in ours
     orig = growth.bench_command("original", "vqa", 64, 16, args)
     assert orig[0] == "/venv/bin/python" and orig[1].endswith("bench_original.py") and "--tiny" in orig

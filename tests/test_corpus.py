@@ -15,7 +15,7 @@ from m3ae.data.compose import QA, ImageQA, compose_texts, yes_no_statement
 from m3ae.data.corpus import build_corpus
 from m3ae.data.guard import fingerprint, match
 from m3ae.data.prepare import Issues
-from m3ae.data.prepare_cli import prepare_dataset
+from m3ae.data import prepare_dataset
 from m3ae.data.sources import read_medvqa_2019, read_vqa_rad
 from m3ae.data.storage import read_summary, read_table
 

@@ -10,7 +10,7 @@ import torch
 from m3ae.data import DataConfig, load_tokenizer, make_dataset, make_loader, make_retrieval_pool
 from m3ae.data.collate import BATCH_KEYS, TEXT_KEYS
 from m3ae.data.dataset import draw_other
-from m3ae.data.prepare_cli import prepare_dataset
+from m3ae.data import prepare_dataset
 from m3ae.data.sampler import DistributedSampler
 from m3ae.errors import M3AEError
 

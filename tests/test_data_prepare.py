@@ -11,7 +11,7 @@ import pytest
 
 from m3ae.cli import main
 from m3ae.data.answers import normalize_answer
-from m3ae.data.prepare_cli import prepare_dataset
+from m3ae.data import prepare_dataset
 from m3ae.data.storage import ImageStore, read_answers, read_labels, read_summary, read_table
 from m3ae.errors import DataError, M3AEError
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m3ae import demo
+from m3ae.experiments import demo
 from m3ae.cli import main
 from m3ae.errors import M3AEError
 

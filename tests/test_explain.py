@@ -1,4 +1,4 @@
-"""Answer heat maps (`m3ae.explain`): shape contract, no side effects, and the sanity checks.
+"""Answer heat maps (`m3ae.inference.explain`): shape contract, no side effects, and the sanity checks.
 
 The sanity test follows Adebayo et al. (2018): a tiny model trained to name the colour of one small
 shape on a dark background must put at least twice the uniform share of its heat map on the
@@ -83,7 +83,7 @@ def train_on_shapes(pipe, steps: int = 50, batch: int = 32, seed: int = 0) -> fl
 
 def mean_shape_mass(pipe, count: int = 24, seed: int = 123) -> float:
     """Average share of the top answer's heat map on the shape's patch, over fresh images."""
-    from m3ae.explain import explain_answer, region_mass
+    from m3ae.inference.explain import explain_answer, region_mass
 
     rng = np.random.default_rng(seed)
     masses = []
@@ -102,7 +102,7 @@ def trained():
 
 # ------------------------------------------------------------------------------------- tests
 def test_explicit_attention_pass_matches_the_model():
-    from m3ae.explain import fusion_with_attention
+    from m3ae.inference.explain import fusion_with_attention
 
     pipe = tiny_pipeline(seed=2)
     images = [shape_image(np.random.default_rng(i))[0] for i in range(3)]
@@ -123,7 +123,7 @@ def test_explicit_attention_pass_matches_the_model():
 
 
 def test_heatmap_is_a_distribution_on_the_patch_grid_and_leaves_no_gradients():
-    from m3ae.explain import explain_answer
+    from m3ae.inference.explain import explain_answer
 
     pipe = tiny_pipeline(seed=1)
     image, _, _ = shape_image(np.random.default_rng(0))

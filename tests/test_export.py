@@ -54,7 +54,7 @@ def test_graph_declares_symbolic_batch_and_text_axes_and_its_limit(exported, gra
 @pytest.mark.parametrize("graph,batch,length", [("vqa", 1, 12), ("vqa", 5, 5), ("vqa", 2, 40), ("vqa", 3, 64),
                                                 ("encoder", 4, 12), ("encoder", 1, 2), ("encoder", 2, 64)])
 def test_onnx_graph_has_dynamic_batch_and_length_and_matches_torch(exported, graph, batch, length):
-    from m3ae.export import example_inputs, graph_module, onnx_session, run_graph
+    from m3ae.inference.export import example_inputs, graph_module, onnx_session, run_graph
 
     tmp, model = exported
     inputs = example_inputs(model, batch, length, seed=7 + batch + length)
@@ -67,7 +67,7 @@ def test_onnx_graph_has_dynamic_batch_and_length_and_matches_torch(exported, gra
 
 def test_a_tokenised_question_is_fed_at_its_own_length(exported):
     from m3ae.data import load_tokenizer
-    from m3ae.export import onnx_session, run_graph
+    from m3ae.inference.export import onnx_session, run_graph
 
     tmp, model = exported
     tokens = load_tokenizer()(["Is there a fracture?"], return_tensors="np")
@@ -83,7 +83,7 @@ def test_a_tokenised_question_is_fed_at_its_own_length(exported):
 
 def test_a_text_past_the_position_table_is_a_clear_error(exported, capsys):
     from m3ae.errors import M3AEError
-    from m3ae.export import example_inputs, onnx_session, run_graph
+    from m3ae.inference.export import example_inputs, onnx_session, run_graph
 
     tmp, model = exported
     with pytest.raises(M3AEError, match="position table holds 64 tokens"):

@@ -13,7 +13,7 @@ import pytest
 
 from m3ae.cli import main
 from m3ae.guards import current_umask, save_safetensors
-from m3ae.viz import plot_training_curves
+from m3ae.reports.viz import plot_training_curves
 
 from helpers.synthetic import REPO, TINY, prepare
 

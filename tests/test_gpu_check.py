@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from m3ae import gpu_check as G
+from m3ae.cli import gpu_check as command
+from m3ae.cli import main as cli_main
 from m3ae.errors import M3AEError
+from m3ae.experiments import gpu_check as G
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8", "date": "2026-12-06 14:00 UTC"}
@@ -21,7 +23,7 @@ ENV = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8", "da
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    G.add_arguments(parser)
+    command.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -40,7 +42,7 @@ def test_options_parse_and_default_to_all_checks_in_nine_minutes(monkeypatch):
 
 def test_help_names_every_check(capsys):
     with pytest.raises(SystemExit) as done:
-        G.main(["--help"])
+        cli_main(["gpu-check", "--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
     assert all(name in text for name in G.CHECKS) and "--budget-minutes" in text
@@ -94,7 +96,7 @@ def test_reports_hold_one_record_per_check_and_a_table(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA exit needs a machine without CUDA")
 def test_without_cuda_it_says_so_in_one_line_and_exits_zero(tmp_path, capsys):
-    assert G.main(["--out", str(tmp_path)]) == 0
+    assert cli_main(["gpu-check", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"no CUDA device: nothing to check (torch {torch.__version__}, cuda available False)"]
     record = json.loads((tmp_path / "gpu_check.json").read_text())["checks"]

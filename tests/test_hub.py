@@ -13,7 +13,7 @@ import yaml
 
 from m3ae.cli import main
 from m3ae.errors import M3AEError
-from m3ae.model_card import write_model_card
+from m3ae.reports.model_card import write_model_card
 from m3ae.models import M3AE, ModelConfig
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -79,7 +79,7 @@ def test_saved_folder_is_a_hub_model_repository(tmp_path):
 
 
 def test_local_base_model_is_not_written_as_a_hub_id(tmp_path):
-    from m3ae.model_card import front_matter
+    from m3ae.reports.model_card import front_matter
 
     (tmp_path / "runs" / "pt").mkdir(parents=True)
     assert "base_model" not in front_matter({"base_model": str(tmp_path / "runs" / "pt")})

@@ -223,7 +223,7 @@ def test_predict_cli_bad_inputs_name_the_problem(vqa_model_dir, pretrain_model_d
 
 # -------------------------------------------------------------------------------- model card
 def test_model_card_has_required_sections(tmp_path):
-    from m3ae.model_card import write_model_card
+    from m3ae.reports.model_card import write_model_card
 
     path = write_model_card(tmp_path, {
         "name": "demo VQA", "task": "vqa", "data": {"dataset": "vqa-rad", "protocol": "clean"},
@@ -240,7 +240,7 @@ def test_model_card_has_required_sections(tmp_path):
 # ------------------------------------------------------------------------------------- plots
 def test_denormalize_patches_inverts_per_patch_normalisation():
     from m3ae.models.masking import patchify
-    from m3ae.viz import NORM_PIX_EPS, denormalize_patches
+    from m3ae.reports.viz import NORM_PIX_EPS, denormalize_patches
 
     images = torch.randn(2, 3, 16, 24, generator=torch.Generator().manual_seed(0))
     target = patchify(images, 8)  # [2, 6, 192]
@@ -250,7 +250,7 @@ def test_denormalize_patches_inverts_per_patch_normalisation():
 
 
 def test_reconstruction_panels_keep_visible_patches():
-    from m3ae.viz import reconstruction_panels
+    from m3ae.reports.viz import reconstruction_panels
 
     images = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     mask = torch.tensor([[1.0, 0.0, 0.0, 1.0]])  # patches 0 and 3 removed
@@ -262,7 +262,7 @@ def test_reconstruction_panels_keep_visible_patches():
 
 
 def test_accuracy_by_group_and_plots(tmp_path):
-    from m3ae import viz
+    from m3ae.reports import viz
 
     stats = viz.accuracy_by_group(["PRES", "PRES", "ABN", "PRES"], [1, 0, 1, 1])
     assert list(stats) == ["PRES", "ABN"] and stats["PRES"] == pytest.approx((200 / 3, 3))

@@ -257,7 +257,7 @@ def test_answer_mapping_end_to_end(tmp_path, tokenizer):
 
     from m3ae.data import DataConfig, make_dataset, read_answers
     from m3ae.data.answers import normalize_answer
-    from m3ae.data.prepare_cli import prepare_dataset
+    from m3ae.data import prepare_dataset
     from m3ae.data.storage import read_table
     from m3ae.inference import VQAPipeline
 

@@ -38,7 +38,7 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 def model_dir(tmp_path_factory) -> Path:
     """A saved m3ae-tiny VQA model with a model card."""
     from m3ae.data import load_tokenizer
-    from m3ae.model_card import write_model_card
+    from m3ae.reports.model_card import write_model_card
     from m3ae.models import M3AE, ModelConfig
 
     torch.manual_seed(0)
@@ -59,7 +59,7 @@ def pipe(model_dir):
 
 @pytest.fixture(scope="module")
 def client(pipe, model_dir):
-    from m3ae.serve import ServeLimits, create_app
+    from m3ae.inference.server import ServeLimits, create_app
 
     return TestClient(create_app(pipe, model_dir, ServeLimits(max_upload_bytes=200_000, max_batch=4)))
 
@@ -161,7 +161,7 @@ def test_bad_batch_requests(client):
 
 
 def test_internal_errors_are_json_without_traceback(pipe, model_dir, monkeypatch):
-    from m3ae.serve import create_app
+    from m3ae.inference.server import create_app
 
     broken = TestClient(create_app(pipe, model_dir), raise_server_exceptions=False)
     monkeypatch.setattr(pipe, "predict_batch", lambda *a, **k: 1 / 0)

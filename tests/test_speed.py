@@ -26,7 +26,7 @@ NUM_ANSWERS = 7
 
 def _batch(job: str, config: ModelConfig, batch: int = 4, text_len: int = 12, seed: int = 0) -> dict:
     """A synthetic batch for ``job`` (pretrain or vqa) at the model's image size."""
-    from m3ae.bench import synthetic_batch
+    from m3ae.experiments.bench import synthetic_batch
 
     return synthetic_batch(job, config, batch, text_len, NUM_ANSWERS, torch.device("cpu"), seed=seed)
 
@@ -247,7 +247,7 @@ def test_int8_logits_agree_with_fp32():
     difference| 0.008 for logits of magnitude up to 0.17; the bounds below leave room for
     other CPUs' int8 kernels.
     """
-    from m3ae.quantize import quantize_int8
+    from m3ae.inference.quantize import quantize_int8
 
     torch.manual_seed(0)
     config = ModelConfig.from_name("m3ae-tiny").with_heads(["vqa"], num_answers=NUM_ANSWERS)
@@ -268,7 +268,7 @@ def test_int8_logits_agree_with_fp32():
 
 
 def test_int8_is_inference_and_cpu_only():
-    from m3ae.bench import BenchSpec, check_spec
+    from m3ae.experiments.bench import BenchSpec, check_spec
     from m3ae.errors import M3AEError
     from m3ae.hardware import INFERENCE_PRECISIONS, PRECISIONS, resolve_inference_precision
 
@@ -288,7 +288,7 @@ def test_bf16_inference_holds_bf16_weights_with_the_autocast_answers(tmp_path):
     Measured on m3ae-tiny (random weights, 64 inputs): argmax agreement 100%, max |logit
     difference| 0.004.
     """
-    from m3ae.quantize import load_for_inference
+    from m3ae.inference.quantize import load_for_inference
     from m3ae.train.loop import autocast_context
 
     torch.manual_seed(0)
@@ -341,7 +341,7 @@ def test_a_low_precision_load_still_refuses_non_finite_weights(tmp_path):
 
 
 def test_auto_inference_precision_is_the_fastest_that_keeps_fp32s_answers():
-    from m3ae.quantize import pick_precision
+    from m3ae.inference.quantize import pick_precision
 
     results = {"fp32": {"seconds": 0.6, "same_answer_pct": 100.0},
                "bf16": {"seconds": 0.35, "same_answer_pct": 100.0},
@@ -357,7 +357,7 @@ def test_auto_inference_precision_is_the_fastest_that_keeps_fp32s_answers():
 def test_pipeline_precision_auto_measures_once_per_machine_and_model(tmp_path, monkeypatch):
     """`VQAPipeline.from_pretrained(precision="auto")` on a CPU times fp32 / bf16 / int8 on the bundled
     probe, keeps the fastest with fp32's answers, caches the choice, and reads it back next time."""
-    from m3ae import quantize
+    from m3ae.inference import quantize
     from m3ae.data import load_tokenizer
     from m3ae.inference import VQAPipeline
 
@@ -374,7 +374,7 @@ def test_pipeline_precision_auto_measures_once_per_machine_and_model(tmp_path, m
     monkeypatch.setattr(quantize, "measure_precisions", lambda *a, **k: pytest.fail("measured again"))
     again = VQAPipeline.from_pretrained(tmp_path / "model", precision="auto")
     assert again.precision.name == first.precision.name and "cached" in again.precision.reason
-    assert again(Path(quantize.__file__).parent / "assets" / "probe" / "synpic27013.png", "is this a ct?", top_k=1)[0]["answer"] in INT8_ANSWERS
+    assert again(Path(quantize.__file__).parents[1] / "assets" / "probe" / "synpic27013.png", "is this a ct?", top_k=1)[0]["answer"] in INT8_ANSWERS
 
 
 INT8_ANSWERS = ["yes", "no", "ct", "mri", "left", "right", "brain"]
@@ -464,7 +464,7 @@ def test_bench_names_the_signal_that_killed_a_run():
     """An out-of-memory kill leaves no error line; the message says what happened instead."""
     import subprocess
 
-    from m3ae.bench import child_failure
+    from m3ae.experiments.bench import child_failure
 
     kill = "import os, signal, sys; print('a warning', file=sys.stderr); os.kill(os.getpid(), signal.SIGKILL)"
     killed = subprocess.run([sys.executable, "-c", kill], capture_output=True, text=True)
@@ -475,7 +475,7 @@ def test_bench_names_the_signal_that_killed_a_run():
 
 def test_bench_training_step_in_process_low_memory():
     """The child side (`run_here`) of a pre-training step with memory low: the paper's batch of 4."""
-    from m3ae.bench import BenchSpec, run_here
+    from m3ae.experiments.bench import BenchSpec, run_here
 
     result = run_here(BenchSpec(job="pretrain", size="m3ae-tiny", image_size=32, text_len=16, steps=1,
                                 warmup=0, memory="low", precision="fp32"))
@@ -487,7 +487,7 @@ def test_bench_flops_count_a_training_step_as_about_three_forwards():
     little more), so a VQA training step counts about 3x the FLOPs of inference at the same shapes
     (3.2x measured on m3ae-tiny). The count is of model FLOPs: memory low (checkpointing) counts
     the same as normal."""
-    from m3ae.bench import BenchSpec, run_here
+    from m3ae.experiments.bench import BenchSpec, run_here
 
     shapes = dict(size="m3ae-tiny", image_size=32, text_len=16, batch=4, steps=1, warmup=0, precision="fp32",
                   flops=True)

@@ -1,9 +1,11 @@
 """The `m3ae` command line: one entry point, one subcommand per job.
 
-Each subcommand lives next to the code it drives and exposes two functions:
-``add_arguments(parser)`` and ``run(args) -> int``. This file only dispatches, and imports a
-subcommand's module lazily so that ``m3ae --help`` stays fast and the model package never
-pulls in training extras.
+Each subcommand is one module of this package (``m3ae/cli/<command>.py``) with two functions:
+``add_arguments(parser)``, its argument table, and ``run(args) -> int``, a call into the library.
+The module's docstring is the command's ``--help`` description. This file only dispatches, and
+imports a subcommand's module lazily so that ``m3ae --help`` stays fast and the model package
+never pulls in training extras. No module of the library imports ``m3ae.cli``: a new command is a
+new module here plus its line in ``COMMANDS``.
 """
 from __future__ import annotations
 
@@ -16,26 +18,26 @@ import traceback
 from m3ae.allocator import set_malloc_policy
 from m3ae.errors import M3AEError
 
-# name -> (module, one-line help). Modules are imported only when their command runs.
+# name -> (module of m3ae.cli, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("m3ae.data.prepare_cli", "prepare a benchmark from its raw release into the m3ae format"),
-    "corpus": ("m3ae.data.corpus_cli", "build a pre-training corpus from prepared VQA folders, evaluation images "
-                                       "left out (by id and pixels)"),
-    "pretrain": ("m3ae.train.cli_pretrain", "pre-train M3AE (MLM + MIM + ITM) from a YAML recipe"),
-    "finetune": ("m3ae.train.cli_finetune", "fine-tune on VQA, classification or retrieval from a YAML recipe"),
-    "evaluate": ("m3ae.train.cli_evaluate", "evaluate a saved model on a prepared data folder"),
-    "convert": ("m3ae.convert_cli", "convert an official M3AE Lightning checkpoint to the m3ae format"),
-    "predict": ("m3ae.inference_cli", "answer a question about an image (PNG, JPEG, DICOM) with a VQA model"),
-    "serve": ("m3ae.serve.cli", "a local web page and JSON API for a VQA model, with answer heat maps"),
-    "demo": ("m3ae.demo", "the whole pipeline on the bundled VQA-RAD data, on CPU, in minutes"),
-    "ablate": ("m3ae.ablate", "the paper's ablations as one grid: pre-train + fine-tune each cell and seed, then "
-                              "tabulate and plot"),
-    "push": ("m3ae.hub_cli", "upload a model folder to the Hugging Face Hub (huggingface_hub)"),
-    "export": ("m3ae.export_cli", "export a model folder to ONNX (VQA logits and encoder features)"),
-    "embed": ("m3ae.embed", "write image, text and joint embeddings of a data set to Parquet"),
-    "bench": ("m3ae.bench", "time a pre-training step, a VQA step or inference on this machine (fresh process)"),
-    "gpu-check": ("m3ae.gpu_check", "check and measure the library on one CUDA GPU in under 10 minutes (parity "
-                                    "with CPU, base-size steps and MFU, latency, NCCL): JSON + Markdown"),
+    "prepare": ("prepare", "prepare a benchmark from its raw release into the m3ae format"),
+    "corpus": ("corpus", "build a pre-training corpus from prepared VQA folders, evaluation images "
+                         "left out (by id and pixels)"),
+    "pretrain": ("pretrain", "pre-train M3AE (MLM + MIM + ITM) from a YAML recipe"),
+    "finetune": ("finetune", "fine-tune on VQA, classification or retrieval from a YAML recipe"),
+    "evaluate": ("evaluate", "evaluate a saved model on a prepared data folder"),
+    "convert": ("convert", "convert an official M3AE Lightning checkpoint to the m3ae format"),
+    "predict": ("predict", "answer a question about an image (PNG, JPEG, DICOM) with a VQA model"),
+    "serve": ("serve", "a local web page and JSON API for a VQA model, with answer heat maps"),
+    "demo": ("demo", "the whole pipeline on the bundled VQA-RAD data, on CPU, in minutes"),
+    "ablate": ("ablate", "the paper's ablations as one grid: pre-train + fine-tune each cell and seed, then "
+                         "tabulate and plot"),
+    "push": ("push", "upload a model folder to the Hugging Face Hub (huggingface_hub)"),
+    "export": ("export", "export a model folder to ONNX (VQA logits and encoder features)"),
+    "embed": ("embed", "write image, text and joint embeddings of a data set to Parquet"),
+    "bench": ("bench", "time a pre-training step, a VQA step or inference on this machine (fresh process)"),
+    "gpu-check": ("gpu_check", "check and measure the library on one CUDA GPU in under 10 minutes (parity "
+                               "with CPU, base-size steps and MFU, latency, NCCL): JSON + Markdown"),
 }
 
 
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         name = argv[0]
-        module = importlib.import_module(COMMANDS[name][0])
+        module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
         parser = argparse.ArgumentParser(
             prog=f"m3ae {name}",
             description=(module.__doc__ or COMMANDS[name][1]).strip(),
@@ -116,6 +118,3 @@ def main(argv: list[str] | None = None) -> int:
     parser.print_help()
     return 0 if not argv else 2
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,6 +16,7 @@ from m3ae.data.corpus import (
     TEXTS_PER,
     VAL_FRACTION,
     build_corpus,
+    format_corpus,
 )
 from m3ae.data.guard import NEAR_THRESHOLD
 
@@ -60,20 +61,3 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_corpus(summary, args.out))
     return 0
-
-
-def format_corpus(summary: dict, out: str) -> str:
-    """A few lines: sources, corpus size, the guard's counts per evaluation folder."""
-    counts, guard = summary["corpus"], summary["guard"]
-    lines = [f"corpus -> {out}: {counts['images']} images, {counts['texts']} texts, {counts['tokens']} tokens ({counts['tokenizer']}) "
-             f"(train {summary['splits']['train']['examples']} / val {summary['splits']['val']['examples']} texts)"]
-    lines += [f"  from {s['folder']} ({s['dataset']}, {'+'.join(s['splits'])}): {s['images']} images, "
-              f"{s['texts']} texts" for s in summary["sources"]]
-    for folder, reasons in guard["excluded"].items():
-        lines.append(f"  excluded for {folder} ({'+'.join(guard['splits'])}, {reasons['evaluation_images']} images): "
-                     f"{reasons['by_id']} by id, {reasons['exact_pixels']} exact pixels, "
-                     f"{reasons['near_duplicate']} near duplicates (threshold {guard['threshold']}); "
-                     f"from {reasons.get('by_source') or 'no source'}")
-    if summary["composition"]["left_out"]:
-        lines.append(f"  QA pairs left out: {summary['composition']['left_out']}")
-    return "\n".join(lines)

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exports, checks parity, prints one line per graph; exit 1 when a graph misses the tolerance."""
-    from m3ae.export import export_onnx
+    from m3ae.inference.export import export_onnx
 
     if args.text_len is not None and args.text_len < 1:
         raise M3AEError(f"--text-len must be at least 1 (got {args.text_len})")

@@ -9,14 +9,11 @@ for clinical decisions.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
-from m3ae.errors import DataError, M3AEError
-
-INPUT_COLUMNS = ("image", "question")
+from m3ae.errors import M3AEError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,57 +82,14 @@ def check_arguments(args: argparse.Namespace) -> str:
     return "single"
 
 
-def read_questions(path: Path) -> tuple[list[dict[str, str]], list[str]]:
-    """Read a batch CSV; relative image paths are resolved against the CSV's folder.
-
-    Returns:
-        (rows as dicts, the CSV's column names).
-
-    Raises:
-        DataError: naming the file and line of a missing column or an empty cell.
-    """
-    if not path.is_file():
-        raise DataError(f"{path}: input CSV not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        missing = [c for c in INPUT_COLUMNS if c not in columns]
-        if missing:
-            have = ", ".join(columns) or "none"
-            raise DataError(f"{path}:1: missing column(s) {', '.join(missing)} (have: {have})")
-        rows = []
-        for row in reader:
-            line = reader.line_num
-            for column in INPUT_COLUMNS:
-                if not (row.get(column) or "").strip():
-                    raise DataError(f"{path}:{line}: empty '{column}'")
-            image = Path(row["image"].strip())
-            row["_image_path"] = str(image if image.is_absolute() else path.parent / image)
-            row["_line"] = str(line)
-            rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no questions (only a header)")
-    return rows, columns
-
-
-def write_answers(path: Path, rows: list[dict[str, str]], columns: list[str]) -> None:
-    """Write the input rows plus `answer` and `probability` columns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out_columns = columns + [c for c in ("answer", "probability") if c not in columns]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=out_columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def run_single(pipe, args: argparse.Namespace) -> int:
     """Answer one question and print the top-k answers."""
-    from m3ae.inference import to_rgb_image
+    from m3ae.inference.pipeline import to_rgb_image
 
     image = to_rgb_image(args.image, args.frame)
     answers = pipe(image, args.question, top_k=args.top_k)
     if args.explain is not None:
-        from m3ae.explain import explain_answer, save_explanation
+        from m3ae.inference.explain import explain_answer, save_explanation
 
         save_explanation(explain_answer(pipe, image, args.question), args.question, args.explain)
         print(f"heat map written to {args.explain}", file=sys.stderr)
@@ -152,29 +106,16 @@ def run_single(pipe, args: argparse.Namespace) -> int:
 
 def run_batch(pipe, args: argparse.Namespace) -> int:
     """Answer every question of a CSV and write the answers CSV."""
-    from m3ae.inference import to_rgb_image
+    from m3ae.inference.batch import answer_csv
 
-    rows, columns = read_questions(args.input)
-    for start in range(0, len(rows), args.batch_size):
-        chunk = rows[start:start + args.batch_size]
-        images = []
-        for row in chunk:  # decode one by one so that an error names its CSV line
-            try:
-                images.append(to_rgb_image(row["_image_path"], args.frame))
-            except M3AEError as err:
-                raise DataError(f"{args.input}:{row['_line']}: {err}") from None
-        results = pipe.predict_batch(images, [r["question"] for r in chunk], top_k=1)
-        for row, answers in zip(chunk, results):
-            row["answer"] = answers[0]["answer"]
-            row["probability"] = f"{answers[0]['probability']:.4f}"
-    write_answers(args.output, rows, columns)
-    print(f"wrote {len(rows)} answers to {args.output}", file=sys.stderr)
+    n = answer_csv(pipe, args.input, args.output, batch_size=args.batch_size, frame=args.frame)
+    print(f"wrote {n} answers to {args.output}", file=sys.stderr)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `m3ae predict`."""
-    from m3ae.inference import VQAPipeline
+    from m3ae.inference.pipeline import VQAPipeline
 
     mode = check_arguments(args)
     pipe = VQAPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)

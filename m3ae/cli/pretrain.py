@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from m3ae.train._cli_common import add_run_arguments, data_arg, overrides
+from m3ae.cli._recipe import add_run_arguments, data_arg, overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,13 +10,7 @@ Research use only: not for clinical decisions. Needs the extra: pip install 'm3a
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
-
-from m3ae.errors import M3AEError
-
-SERVE_PACKAGES = ("fastapi", "uvicorn", "multipart")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,33 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MiB")
     parser.add_argument("--max-batch", type=int, default=32, help="most images per /api/predict_batch request")
-    from m3ae.inference_cli import add_precision_argument
+    from m3ae.cli.predict import add_precision_argument
 
     add_precision_argument(parser)
 
 
-def check_extra() -> None:
-    """Fail with the install command when the serve extra is missing."""
-    missing = [name for name in SERVE_PACKAGES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise M3AEError(f"m3ae serve needs {', '.join(missing)}: pip install 'm3ae[serve]'")
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of `m3ae serve`."""
-    if not 0 <= args.port <= 65535:
-        raise M3AEError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.max_upload_mb <= 0 or args.max_batch < 1:
-        raise M3AEError("--max-upload-mb must be positive and --max-batch at least 1")
-    check_extra()
-    import uvicorn
+    from m3ae.inference.server.app import serve
 
-    from m3ae.inference import VQAPipeline
-    from m3ae.serve.app import ServeLimits, create_app
-
-    pipe = VQAPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
-    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_batch=args.max_batch)
-    app = create_app(pipe, args.model, limits)
-    print(f"m3ae serve: http://{args.host}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+    return serve(args.model, host=args.host, port=args.port, device=args.device, precision=args.precision,
+                 max_upload_mb=args.max_upload_mb, max_batch=args.max_batch)

@@ -28,7 +28,7 @@ _LAZY = {
     "DistributedSampler": "m3ae.data.sampler",
     "DATASETS": "m3ae.data.specs",
     "DatasetSpec": "m3ae.data.specs",
-    "prepare_dataset": "m3ae.data.prepare_cli",
+    "prepare_dataset": "m3ae.data.specs",
     "normalize_answer": "m3ae.data.answers",
     "ImageTransform": "m3ae.data.images",
     "decode_image": "m3ae.data.images",

@@ -1,27 +1,9 @@
-"""Time one job on this machine: a pre-training step, a VQA fine-tuning step or VQA inference.
-
-Each run happens in a fresh Python process, so its peak memory (peak RSS) is its own and
-nothing compiled or cached by an earlier run helps it. Weights are random (speed and memory do
-not depend on their values) and batches are synthetic, with the paper's shapes by default:
-pre-training batch 4, 288 px, 64 tokens; VQA fine-tuning batch 4, 384 px, 32 tokens, 498
-answers (VQA-RAD); inference batch 1, 384 px, 32 tokens. A training step is the forward pass,
-backward and the AdamW update, exactly as `m3ae pretrain` / `m3ae finetune` run it.
-
-Examples:
-    m3ae bench --job infer
-    m3ae bench --job infer --precision int8 --json
-    m3ae bench --job pretrain --memory low --threads 2 --steps 3
-    m3ae bench --job vqa --size m3ae-tiny --image-size 32 --text-len 16 --steps 2 --warmup 1
-    m3ae bench --job vqa --precision fp32 --steps 1 --profile 1 --profile-out profile_vqa.md
-
-Timings are medians of the timed steps after the warm-up steps; on a machine that other jobs
-share, they measure the others too (the output gives the load average, and CPU seconds per step).
-``--profile N`` runs N more steps under torch.profiler after the timed ones and prints the top
-ops by self CPU time (a Markdown table).
-"""
+"""`m3ae bench`'s machinery: time one job (a pre-training step, a VQA step or VQA inference) in a fresh
+Python process, with random weights and synthetic batches of the paper's shapes (`bench_core`),
+and report seconds per step, CPU seconds, peak RSS, FLOPs and a profile. The command's help
+(`m3ae.cli.bench`) lists the options and examples."""
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -30,13 +12,22 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 from m3ae.errors import M3AEError
-
-from m3ae.bench_core import (  # noqa: F401 - profile_markdown is re-exported (`from m3ae.bench import ...`)
-    BOS_ID, EOS_ID, JOBS, MASK_TOKEN_ID, NUM_ANSWERS, PAPER_SHAPES, PROFILE_TOP, cpu_seconds, load_avg,
-    profile_markdown, profile_steps,
+from m3ae.experiments.bench_core import (  # noqa: F401 - profile_markdown is re-exported (`from m3ae.experiments.bench import ...`)
+    BOS_ID,
+    EOS_ID,
+    JOB_TASKS,
+    JOBS,
+    MASK_TOKEN_ID,
+    NUM_ANSWERS,
+    PAPER_SHAPES,
+    PROFILE_TOP,
+    cpu_seconds,
+    load_avg,
+    profile_markdown,
+    profile_steps,
 )
 
 
@@ -117,6 +108,13 @@ def resolve_shapes(spec: BenchSpec) -> tuple[int, int, int]:
     return spec.batch or batch, spec.image_size or image, spec.text_len or text_len
 
 
+def job_task(job: str):
+    """The task object a job times, from the task registry (`JOB_TASKS`: infer is VQA without training)."""
+    from m3ae.tasks import make_task
+
+    return make_task(JOB_TASKS[job])
+
+
 def synthetic_batch(job: str, config, batch: int, text_len: int, num_answers: int, device, seed: int = 0) -> dict:
     """A batch with the keys and shapes the job's task reads (random values, fixed seed).
 
@@ -131,7 +129,7 @@ def synthetic_batch(job: str, config, batch: int, text_len: int, num_answers: in
     ids[:, 0], ids[:, -1] = BOS_ID, EOS_ID
     out = {"pixel_values": torch.randn(batch, 3, size, size, generator=g), "input_ids": ids,
            "attention_mask": torch.ones(batch, text_len, dtype=torch.long)}
-    if job == "pretrain":
+    if job_task(job).pretraining:
         labels = torch.full((batch, text_len), -100)
         labels[:, 1:text_len - 1:7] = ids[:, 1:text_len - 1:7]
         out.update(mlm_input_ids=torch.where(labels != -100, MASK_TOKEN_ID % config.text.vocab_size, ids),
@@ -156,7 +154,7 @@ def bench_model(spec: BenchSpec, device, dtype=None):
 
     config = ModelConfig.from_name(spec.size)
     batch, image, text_len = resolve_shapes(spec)
-    heads = ["mlm", "mim", "itm"] if spec.job == "pretrain" else ["vqa"]
+    heads = list(job_task(spec.job).heads)
     config = config.with_heads(heads, num_answers=NUM_ANSWERS).with_image_size(image)
     torch.manual_seed(0)
     with default_dtype(dtype):
@@ -169,11 +167,10 @@ def _step_function(spec: BenchSpec, model, batch: dict, precision: str, device):
     import torch
 
     from m3ae.train.loop import autocast_context, train_step
-    from m3ae.train.tasks import PretrainTask, VQATask
 
+    task = job_task(spec.job)
     if spec.job == "infer":
         model.eval()
-        task = VQATask()
 
         def infer() -> None:
             with torch.no_grad(), autocast_context(precision, device):
@@ -185,7 +182,6 @@ def _step_function(spec: BenchSpec, model, batch: dict, precision: str, device):
     from m3ae.train.optim import build_optimizer
 
     model.train()
-    task = PretrainTask() if spec.job == "pretrain" else VQATask()
     opt = build_optimizer(model, OptimArgs(lr=1e-5, warmup_steps=0, warmup_ratio=None))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     in_backward = OptimizerInBackward(opt) if spec.memory == "low" and scaler is None else None
@@ -203,7 +199,7 @@ def run_here(spec: BenchSpec) -> dict:
     import torch
 
     from m3ae.hardware import cpu_bf16, resolve_inference_precision, usable_cores
-    from m3ae.quantize import autocast_name, quantize_int8, weight_dtype
+    from m3ae.inference.quantize import autocast_name, quantize_int8, weight_dtype
     from m3ae.train.memory import apply_memory_mode
 
     check_spec(spec)
@@ -223,9 +219,8 @@ def run_here(spec: BenchSpec) -> dict:
     memory, why = ("normal", "") if spec.memory == "auto" and spec.job == "infer" else (spec.memory, "")
     if memory == "auto":  # as a training run resolves it: timed on this batch, cached per machine
         from m3ae.train.memory import choose_memory_mode
-        from m3ae.train.tasks import PretrainTask, VQATask
 
-        task = PretrainTask() if spec.job == "pretrain" else VQATask()
+        task = job_task(spec.job)
         memory, why = choose_memory_mode(task, model.train(), batch, type(task).__name__,
                                          autocast_name(precision), device)
     memory_notes = ([why] if why else []) + apply_memory_mode(model, memory)
@@ -257,7 +252,7 @@ def run_here(spec: BenchSpec) -> dict:
     sec = sorted(times)[len(times) // 2]  # median (the upper one for an even count)
     result = {
         **asdict(spec), "memory_requested": memory_requested, "batch": batch_size, "image_size": image, "text_len": text_len,
-        "num_answers": NUM_ANSWERS if spec.job != "pretrain" else None,
+        "num_answers": None if job_task(spec.job).pretraining else NUM_ANSWERS,
         "precision_requested": spec.precision, "precision": precision.name, "precision_reason": precision.reason,
         "sec_per_step": sec, "cpu_sec_per_step": sorted(cpu_times)[len(cpu_times) // 2],
         "samples_per_s": batch_size / sec, "warmup_s": warmup_s, "step_times": times,
@@ -288,7 +283,7 @@ def model_flops(spec: BenchSpec, precision, device) -> int:
     counted call is a real step: a training step updates the random weights, which is harmless."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from m3ae.quantize import autocast_name
+    from m3ae.inference.quantize import autocast_name
 
     model, batch_size, _, text_len = bench_model(spec, device)
     batch = synthetic_batch(spec.job, model.config, batch_size, text_len, NUM_ANSWERS, device)
@@ -325,7 +320,7 @@ def run_job(spec: BenchSpec) -> dict:
         M3AEError: the child's error, as its last line of output.
     """
     check_spec(spec)
-    cmd = [sys.executable, "-m", "m3ae.bench", "--child", json.dumps(asdict(spec))]
+    cmd = [sys.executable, "-m", "m3ae.experiments.bench", "--child", json.dumps(asdict(spec))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise M3AEError(f"the {spec.job} benchmark failed: {child_failure(proc)}")
@@ -345,77 +340,8 @@ def format_result(r: dict) -> str:
             f"load avg {r['load_avg']}")
 
 
-# ------------------------------------------------------------------------------------ the CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `m3ae bench`."""
-    from m3ae.hardware import INFERENCE_PRECISIONS
-    from m3ae.train.config import MEMORY_MODES
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--job", required=True, choices=JOBS,
-                        help="pretrain: one pre-training step (MLM+MIM+ITM, backward, AdamW); vqa: one VQA "
-                             "fine-tuning step; infer: VQA logits for one batch, no gradients")
-    parser.add_argument("--size", default="m3ae-base", help="model preset (m3ae-base, m3ae-tiny, ...); default m3ae-base")
-    parser.add_argument("--batch", type=int, help="samples per step (default: the paper's, 4 for pretrain/vqa, 1 for infer)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps; the median is reported (default 3)")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="untimed steps first (default 1; give 2-3 with --compile, whose first steps compile)")
-    parser.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
-                        help="auto (bf16 where native, else fp32), fp32, bf16, fp16 (CUDA), or int8 (dynamic int8 "
-                             "Linear layers; --job infer on CPU only). Default auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default 0 = torch's default)")
-    parser.add_argument("--image-size", type=int, help="image side in pixels (default: 288 pretrain, 384 vqa/infer)")
-    parser.add_argument("--text-len", type=int, help="tokens per text (default: 64 pretrain, 32 vqa/infer)")
-    parser.add_argument("--memory", default="auto", choices=MEMORY_MODES,
-                        help="training jobs, as train.memory: auto = lean when it is not slower than normal here "
-                             "(measured, cached); lean = activation checkpointing in the two towers; "
-                             "low = checkpointing everywhere + freed memory returned to the OS + the optimizer "
-                             "step inside backward. Default auto")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the transformer blocks (inductor, needs gcc/clang)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--flops", action="store_true",
-                        help="after the timed steps, count the step's model FLOPs (one more step on a fresh "
-                             "eager model) and report gflop_per_step and achieved_gflops (GFLOP/s at the "
-                             "median step time)")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="after the timed steps, run N more under torch.profiler and print the top "
-                             f"{PROFILE_TOP} ops by self CPU time as a Markdown table (default 0 = no profile)")
-    parser.add_argument("--profile-out", metavar="FILE",
-                        help="with --profile: also write the Markdown table to FILE")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON line (sec_per_step, samples_per_s, peak_rss_gib, precision, threads, "
-                             "cpu_bf16, load_avg, shapes, ...) instead of a readable line")
-
-
-def spec_from_args(args: argparse.Namespace) -> BenchSpec:
-    """The `BenchSpec` of parsed `m3ae bench` options."""
-    names = {f.name for f in fields(BenchSpec)}
-    return BenchSpec(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `m3ae bench`."""
-    from m3ae.guards import check_device
-
-    check_device(args.device, "--device")
-    if getattr(args, "profile_out", None) and not args.profile:
-        raise M3AEError("--profile-out needs --profile N (the number of profiled steps)")
-    result = run_job(spec_from_args(args))
-    print(json.dumps(result) if args.json else format_result(result), flush=True)
-    if result.get("profile_ops"):
-        table = profile_markdown(result["profile_ops"], profile_title(result))
-        if not args.json:  # --json keeps stdout one JSON line (the rows are in it)
-            print(table, flush=True)
-        if args.profile_out:
-            from pathlib import Path
-
-            Path(args.profile_out).write_text(table + "\n")
-    return 0
-
-
 def _child(payload: str) -> int:
-    """``python -m m3ae.bench --child SPEC_JSON``: run here, print the result as one JSON line."""
+    """``python -m m3ae.experiments.bench --child SPEC_JSON``: run here, print the result as one JSON line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         result = run_here(BenchSpec(**json.loads(payload)))
@@ -432,9 +358,7 @@ def _child(payload: str) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        sys.exit(_child(sys.argv[2]))
-    from m3ae.cli import main
-
-    sys.exit(main(["bench", *sys.argv[1:]]))
+if __name__ == "__main__":  # the child process of run_job (the command itself is `m3ae bench`)
+    if len(sys.argv) != 3 or sys.argv[1] != "--child":
+        sys.exit("usage: python -m m3ae.experiments.bench --child SPEC_JSON (to time a job: m3ae bench --help)")
+    sys.exit(_child(sys.argv[2]))

@@ -12,6 +12,7 @@ import os
 import resource
 
 JOBS = ("pretrain", "vqa", "infer")
+JOB_TASKS = {"pretrain": "pretrain", "vqa": "vqa", "infer": "vqa"}  # job -> the task (m3ae.tasks) it times
 PAPER_SHAPES = {  # job -> (batch, image size, text length) of the paper's recipes
     "pretrain": (4, 288, 64),
     "vqa": (4, 384, 32),

@@ -1,33 +1,8 @@
-"""Check and measure the library on one CUDA GPU, in one run of under 10 minutes.
-
-Checks (``--only`` picks some; each runs in its own process, so a crash, an out-of-memory or a
-hang in one never loses the others' results):
-
-    parity    m3ae-tiny, one pre-training step and one VQA step on CPU and on CUDA from the same
-              weights and batch, in fp32 (tight tolerance) and bf16 (loose tolerance): the largest
-              difference of the losses and of the gradients
-    pretrain  m3ae-base (random weights, no downloads), one pre-training step at the GPU's half
-              precision (bf16 where it has it, else fp16): seconds per
-              step, samples/s, model FLOPs per step (`m3ae bench --flops`), MFU, peak GPU memory
-    vqa       the same for a VQA fine-tuning step
-    latency   VQA inference of one question (batch 1), m3ae-base, fp32 and the GPU's half precision
-    ddp       `torchrun --nproc_per_node 1` with the NCCL backend: training steps of m3ae-tiny on
-              the GPU through the training loop's `train_step`, then NCCL collectives
-
-Results go to ``--out`` (default ``$OUT`` or runs/gpu_check): gpu_check.json (one record per
-check: name, ok, seconds, numbers, error) and gpu_check.md (a Markdown table). The whole run has
-a time budget (``--budget-minutes``, default 9): a check whose usual duration would overrun it is
-skipped and says so, and a running check is stopped at the budget. Without a CUDA device the run
-prints one line, writes a record saying so, and exits 0.
-
-Examples:
-    scripts/gpu_check.sh
-    m3ae gpu-check --only parity latency --out runs/gpu_check
-    python -m m3ae.gpu_check --budget-minutes 5
-"""
+"""`m3ae gpu-check`'s machinery: each check (parity CPU/CUDA, base-size steps with MFU, latency, a
+torchrun NCCL run) in its own process under one time budget, and the JSON + Markdown reports. The
+command's help (`m3ae.cli.gpu_check`) describes the checks."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -197,8 +172,8 @@ def parity_diff(job: str, precision: str, device_a: str = "cpu", device_b: str =
 
     import torch
 
-    from m3ae.bench import BenchSpec, bench_model, synthetic_batch
-    from m3ae.bench_core import NUM_ANSWERS
+    from m3ae.experiments.bench import BenchSpec, bench_model, synthetic_batch
+    from m3ae.experiments.bench_core import NUM_ANSWERS
 
     spec = BenchSpec(job=job, size="m3ae-tiny", **PARITY_SHAPES)
     model_a, batch_size, _, text_len = bench_model(spec, "cpu")
@@ -256,7 +231,7 @@ def check_training(job: str, batch: int = BASE_BATCH) -> dict[str, Any]:
     """One m3ae-base training step of ``job`` at the device's precision (``auto``: bf16 where the GPU
     has it, fp16 otherwise; the record says which), timed by `m3ae bench` (its own process, paper
     image size and text length), with its model FLOPs (``--flops``) and the MFU."""
-    from m3ae.bench import BenchSpec, run_job
+    from m3ae.experiments.bench import BenchSpec, run_job
 
     r = run_job(BenchSpec(job=job, size="m3ae-base", batch=batch, steps=5, warmup=2, precision="auto",
                           device="cuda", flops=True))
@@ -272,7 +247,7 @@ def check_latency() -> dict[str, Any]:
     """VQA inference of one question with m3ae-base, in fp32 and at the device's half precision
     (``auto``: bf16 where the GPU has it, else fp16), median of 20 after 5 warm-up; keyed by the
     precision that ran."""
-    from m3ae.bench import BenchSpec, run_job
+    from m3ae.experiments.bench import BenchSpec, run_job
 
     numbers = {}
     for precision in ("fp32", "auto"):
@@ -290,10 +265,10 @@ DDP_STEPS = 3
 def check_ddp(timeout_s: float) -> dict[str, Any]:
     """`torchrun --nproc_per_node 1` running `ddp_worker` with NCCL; its JSON line is the result."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           "-m", "m3ae.gpu_check", "--ddp-worker"]
+           "-m", "m3ae.experiments.gpu_check", "--ddp-worker"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
-        from m3ae.bench import child_failure
+        from m3ae.experiments.bench import child_failure
 
         raise M3AEError(f"torchrun failed: {child_failure(proc)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -313,8 +288,8 @@ def ddp_worker(backend: str = "nccl", device: str = "cuda") -> dict[str, Any]:
     import torch.distributed as dist
 
     from m3ae import distributed as D
-    from m3ae.bench import BenchSpec, bench_model, synthetic_batch
-    from m3ae.bench_core import NUM_ANSWERS
+    from m3ae.experiments.bench import BenchSpec, bench_model, synthetic_batch
+    from m3ae.experiments.bench_core import NUM_ANSWERS
     from m3ae.tasks import make_task
     from m3ae.train.config import OptimArgs
     from m3ae.train.loop import train_step
@@ -354,9 +329,11 @@ def ddp_worker(backend: str = "nccl", device: str = "cuda") -> dict[str, Any]:
 # ------------------------------------------------------------------------------ running checks
 def _run_child_check(name: str, timeout_s: float) -> dict[str, Any]:
     """The body of check ``name`` (in the child process); its numbers."""
+    from m3ae.experiments.bench_core import JOBS
+
     if name == "parity":
         return check_parity()
-    if name in ("pretrain", "vqa"):
+    if name in JOBS:  # a check named after a bench job times that job
         return check_training(name)
     if name == "latency":
         return check_latency()
@@ -368,7 +345,7 @@ def _run_child_check(name: str, timeout_s: float) -> dict[str, Any]:
 def run_check(name: str, timeout_s: float) -> CheckResult:
     """Run check ``name`` in a fresh process (its own CUDA context and peak memory), stopped
     with everything it started after ``timeout_s``."""
-    cmd = [sys.executable, "-m", "m3ae.gpu_check", "--child", name, str(timeout_s)]
+    cmd = [sys.executable, "-m", "m3ae.experiments.gpu_check", "--child", name, str(timeout_s)]
     t0 = time.perf_counter()
     # a session of its own, so that a timeout also ends the processes the check started
     # (`m3ae bench` children, torchrun and its rank)
@@ -388,7 +365,7 @@ def run_check(name: str, timeout_s: float) -> CheckResult:
         record = {}
     if proc.returncode == 0 and "numbers" in record:
         return CheckResult(name, True, seconds, record["numbers"])
-    from m3ae.bench import child_failure
+    from m3ae.experiments.bench import child_failure
 
     error = record.get("error") or child_failure(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
     return CheckResult(name, False, seconds, record.get("numbers", {}), error)
@@ -455,46 +432,33 @@ def write_reports(results: list[CheckResult], out_dir: str | Path, env: dict[str
     return json_path, md_path
 
 
-# ------------------------------------------------------------------------------ the CLI
 def default_out() -> str:
     """$OUT (the folder a GPU machine sends back) when set, else runs/gpu_check."""
     return os.environ.get("OUT") or "runs/gpu_check"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `m3ae gpu-check`."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--only", nargs="+", choices=CHECKS, metavar="CHECK",
-                        help=f"run these checks only, in this order (default all: {' '.join(CHECKS)})")
-    parser.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MIN,
-                        help=f"time for the whole run; a check that would overrun it is skipped "
-                             f"(default {DEFAULT_BUDGET_MIN:g})")
-    parser.add_argument("--out", default=None,
-                        help="folder for gpu_check.json and gpu_check.md (default $OUT, else runs/gpu_check)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `m3ae gpu-check`: exit 0 when every check that ran passed (or there is no
+def run_gpu_check(only: list[str] | None = None, budget_minutes: float = DEFAULT_BUDGET_MIN, out: str | None = None) -> int:
+    """What `m3ae gpu-check` runs: exit 0 when every check that ran passed (or there is no
     CUDA device), 1 when one failed."""
     import torch
 
-    if args.budget_minutes <= 0:
-        raise M3AEError(f"--budget-minutes must be positive (got {args.budget_minutes:g})")
-    out, env = args.out or default_out(), environment()
+    if budget_minutes <= 0:
+        raise M3AEError(f"--budget-minutes must be positive (got {budget_minutes:g})")
+    out, env = out or default_out(), environment()
     if not torch.cuda.is_available():
         message = no_cuda_message(torch.__version__, False)
         print(message, flush=True)
         write_reports([CheckResult("cuda", None, 0.0, error=message)], out, env)
         return 0
-    print(f"GPU check on {env['device']}, budget {args.budget_minutes:g} min, results in {out}", flush=True)
-    results = run_checks(list(args.only or CHECKS), args.budget_minutes * 60)
+    print(f"GPU check on {env['device']}, budget {budget_minutes:g} min, results in {out}", flush=True)
+    results = run_checks(list(only or CHECKS), budget_minutes * 60)
     json_path, md_path = write_reports(results, out, env)
     print(f"wrote {json_path} and {md_path}", flush=True)
     return 1 if any(r.ok is False for r in results) else 0
 
 
 def _child(name: str, timeout_s: float) -> int:
-    """``python -m m3ae.gpu_check --child NAME TIMEOUT``: run one check here and print its record
+    """``python -m m3ae.experiments.gpu_check --child NAME TIMEOUT``: run one check here and print its record
     (numbers, or error and the numbers measured before it) as one JSON line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only: nothing may be downloaded
     try:
@@ -508,16 +472,17 @@ def _child(name: str, timeout_s: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m m3ae.gpu_check``: the same as `m3ae gpu-check` (what scripts/gpu_check.sh runs)."""
+    """``python -m m3ae.experiments.gpu_check --child NAME TIMEOUT`` or ``--ddp-worker``: the child
+    processes of `m3ae gpu-check` (the command itself: `m3ae gpu-check`, scripts/gpu_check.sh)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 3 and argv[0] == "--child":
         return _child(argv[1], float(argv[2]))
     if argv == ["--ddp-worker"]:
         print(json.dumps(ddp_worker()), flush=True)
         return 0
-    from m3ae.cli import main as cli_main
-
-    return cli_main(["gpu-check", *argv])
+    print("usage: python -m m3ae.experiments.gpu_check --child NAME TIMEOUT | --ddp-worker "
+          "(to run the checks: m3ae gpu-check --help)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

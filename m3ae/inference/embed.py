@@ -16,7 +16,6 @@ Example: m3ae embed --model runs/roco_irtr/best --data prepared/roco_retrieval -
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from collections.abc import Iterator
@@ -143,10 +142,10 @@ def embed_to_parquet(model_dir: str | Path, out: str | Path, data: str | Path | 
     import pyarrow.parquet as pq
 
     from m3ae.data import load_tokenizer
-    from m3ae.inference import _has_tokenizer_files
+    from m3ae.inference.pipeline import _has_tokenizer_files
     from m3ae.models import M3AE
     from m3ae.models.io import read_preprocessing, resolve_model_dir
-    from m3ae.train.evaluation import _progress
+    from m3ae.tasks.evaluation import _progress
 
     if (data is None) == (input_csv is None):
         raise M3AEError("give exactly one of --data (a prepared folder) or --input (a CSV)")
@@ -177,24 +176,3 @@ def embed_to_parquet(model_dir: str | Path, out: str | Path, data: str | Path | 
     writer.close()
     os.replace(partial, out)
     return len(examples)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the embedding options."""
-    parser.add_argument("--model", required=True, metavar="DIR", help="model folder or cached Hub id")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", metavar="PREPARED", help="a folder written by `m3ae prepare`")
-    source.add_argument("--input", metavar="CSV", help="a CSV with image (path) and text columns, id optional")
-    parser.add_argument("--split", default="test", help="split of --data to embed")
-    parser.add_argument("--out", required=True, metavar="FILE.parquet", help="the Parquet file to write")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Writes the Parquet file and prints its row count."""
-    n = embed_to_parquet(args.model, args.out, data=args.data, split=args.split, input_csv=args.input,
-                         batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
-    print(f"{args.out}: {n} rows (id, image, text, image_embedding, text_embedding, joint_embedding)")
-    return 0

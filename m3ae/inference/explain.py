@@ -213,7 +213,7 @@ def overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Image
 
 def save_explanation(expl: Explanation, question: str, path: str | Path, display_size: int = 384) -> Path:
     """Write the model's view, the overlay and a colour bar (share of the map per patch) to a PNG."""
-    from m3ae.viz import _pyplot
+    from m3ae.reports.viz import _pyplot
 
     plt = _pyplot()
     path = Path(path)

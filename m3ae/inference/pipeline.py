@@ -107,9 +107,9 @@ class VQAPipeline:
         image_input: "pixels", or "none" for a question-only model.
         precision: an `m3ae.hardware.INFERENCE_PRECISIONS` choice: fp32 (the default, exact), auto
             (bf16 where the hardware runs it natively), bf16, fp16, or int8 (CPU only: the Linear
-            layers of the vision tower and the fusion are quantised in place, see `m3ae.quantize`);
+            layers of the vision tower and the fusion are quantised in place, see `m3ae.inference.quantize`);
             or a resolved `m3ae.hardware.Precision`. bf16/fp16 hold the weights in that dtype
-            (`m3ae.quantize.weight_dtype`): half the memory of fp32, unlike autocast over fp32 weights.
+            (`m3ae.inference.quantize.weight_dtype`): half the memory of fp32, unlike autocast over fp32 weights.
     """
 
     def __init__(self, model: Any, tokenizer: Any, answers: Sequence[str], preprocessing: Preprocessing,
@@ -122,7 +122,7 @@ class VQAPipeline:
         if len(answers) != num_outputs:
             raise CheckpointError(f"the answer list has {len(answers)} entries but the VQA head has "
                                   f"{num_outputs} outputs")
-        from m3ae.quantize import autocast_name, prepare_for_inference
+        from m3ae.inference.quantize import autocast_name, prepare_for_inference
 
         self.device = torch.device(device)
         model, self.precision = prepare_for_inference(model.eval(), precision, self.device)
@@ -154,7 +154,7 @@ class VQAPipeline:
         from m3ae.models.io import read_metadata, resolve_model_dir
 
         from m3ae.hardware import resolve_inference_precision
-        from m3ae.quantize import weight_dtype
+        from m3ae.inference.quantize import weight_dtype
 
         model_dir = resolve_model_dir(model_dir, allow_download=allow_download)
         config = read_metadata(model_dir)
@@ -180,10 +180,10 @@ class VQAPipeline:
     @classmethod
     def measured(cls, model_dir: Path, config: dict[str, Any]) -> VQAPipeline:
         """``precision auto`` on a CPU: the fastest of fp32, bf16 (native only) and int8 that gives
-        fp32's answers on the bundled probe questions (`m3ae.quantize.measure_precisions`), measured
+        fp32's answers on the bundled probe questions (`m3ae.inference.quantize.measure_precisions`), measured
         once per machine and model and cached (`m3ae.hardware.measured_path("inference_precision")`)."""
         from m3ae.hardware import machine_key
-        from m3ae.quantize import cached_precision, measure_precisions, pick_precision, remember_precision
+        from m3ae.inference.quantize import cached_precision, measure_precisions, pick_precision, remember_precision
 
         key = f"{machine_key()}|{config.get('weights_sha256') or Path(model_dir).resolve()}"
         hit = cached_precision(key)
@@ -205,7 +205,7 @@ class VQAPipeline:
         inputs, and its first pair alone (the single-question call that is timed)."""
         import json
 
-        folder = Path(__file__).parent / "assets" / "probe"
+        folder = Path(__file__).resolve().parents[1] / "assets" / "probe"
         spec = json.loads((folder / "probe.json").read_text())
         pairs = [(name, q) for name in spec["images"] for q in spec["questions"]]
         pixels = {name: self.preprocess_image(folder / name) for name in spec["images"]}
@@ -254,7 +254,7 @@ class VQAPipeline:
     def logits(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                attention_mask: torch.Tensor) -> torch.Tensor:
         """VQA logits for a batch: [B, 3, H, W], [B, L_t] -> [B, A]."""
-        from m3ae.train.loop import autocast_context
+        from m3ae.hardware import autocast_context
 
         batch = {"pixel_values": pixel_values.to(self.device), "input_ids": input_ids.to(self.device),
                  "attention_mask": attention_mask.to(self.device)}

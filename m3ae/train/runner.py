@@ -20,7 +20,7 @@ from torch import nn
 from m3ae.errors import M3AEError
 from m3ae.hardware import resolve_precision
 from m3ae.metrics import mean_sd
-from m3ae.quantize import autocast_name
+from m3ae.inference.quantize import autocast_name
 from m3ae import distributed as D
 from m3ae.train.checkpoint import atomic_write_text
 from m3ae.train.config import RunConfig, apply_overrides, config_from_dict, load_config, save_config
@@ -337,7 +337,7 @@ def _run_report(cfg: RunConfig, data_dir: str | Path, out_dir: Path, summary: di
 
 def _write_model_card(cfg: RunConfig, best_dir: Path, summary: dict[str, Any], report: dict[str, Any]) -> None:
     """README.md in ``best/``: data, protocol, metrics, the command, intended use."""
-    from m3ae.model_card import current_command, write_model_card
+    from m3ae.reports.model_card import current_command, write_model_card
 
     splits = {k: v.get("examples") for k, v in summary.get("splits", {}).items()}
     write_model_card(best_dir, {
@@ -428,7 +428,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, split: str = "test", *
     """
     from m3ae.data import DataConfig, load_tokenizer, read_summary
     from m3ae.guards import check_device
-    from m3ae.quantize import load_for_inference
+    from m3ae.inference.quantize import load_for_inference
     from m3ae.weights.io import read_metadata
 
     check_device(device, "--device")

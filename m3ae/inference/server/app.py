@@ -20,16 +20,18 @@ Starlette runs them in its thread pool: requests are served concurrently against
 # no `from __future__ import annotations`: FastAPI reads the route signatures at run time, and
 # UploadFile is imported inside create_app (an optional extra), out of reach of string annotations.
 import base64
+import importlib.util
 import io
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from m3ae.errors import M3AEError
 
-LOG = logging.getLogger("m3ae.serve")
+LOG = logging.getLogger("m3ae.inference.server")
 STATIC = Path(__file__).parent / "static"
 MAX_TOP_K = 50
 
@@ -68,7 +70,7 @@ def card_section(text: str, title: str) -> str:
 
 def model_info(pipe: Any, model_dir: Path | None = None) -> ModelInfo:
     """Metadata for /api/model: the card's intended use and limitations (or the library's defaults)."""
-    from m3ae.model_card import CARD_NAME, INTENDED_USE, LIMITATIONS
+    from m3ae.reports.model_card import CARD_NAME, INTENDED_USE, LIMITATIONS
 
     card_text = ""
     if model_dir is not None and (model_dir / CARD_NAME).is_file():
@@ -123,7 +125,7 @@ def predict_one(pipe: Any, image: Any, question: str, top_k: int, explain: bool)
     answers = pipe(image, question, top_k=top_k)
     result: dict[str, Any] = {"question": question, "answers": answers}
     if explain:
-        from m3ae.explain import explain_answer, overlay
+        from m3ae.inference.explain import explain_answer, overlay
 
         expl = explain_answer(pipe, image, question, answer=answers[0]["answer"])
         display = expl.model_view.resize((max(256, expl.model_view.width),) * 2)  # small inputs upscaled
@@ -232,3 +234,33 @@ def _add_routes(app: Any, pipe: Any, info: Any, limits: ServeLimits) -> None:
         decoded = [read_image(im) for im in images]
         results = pipe.predict_batch(decoded, questions, top_k=top_k)
         return {"results": [{"question": q, "answers": a} for q, a in zip(questions, results)]}
+
+
+SERVE_PACKAGES = ("fastapi", "uvicorn", "multipart")
+
+
+def check_extra() -> None:
+    """Fail with the install command when the serve extra is missing."""
+    missing = [name for name in SERVE_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise M3AEError(f"m3ae serve needs {', '.join(missing)}: pip install 'm3ae[serve]'")
+
+
+def serve(model: Path, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", precision: str = "auto",
+          max_upload_mb: float = 20.0, max_batch: int = 32) -> int:
+    """Load the model once and serve the page and the JSON API until interrupted (`m3ae serve`)."""
+    if not 0 <= port <= 65535:
+        raise M3AEError(f"--port must be between 0 and 65535, got {port}")
+    if max_upload_mb <= 0 or max_batch < 1:
+        raise M3AEError("--max-upload-mb must be positive and --max-batch at least 1")
+    check_extra()
+    import uvicorn
+
+    from m3ae.inference.pipeline import VQAPipeline
+
+    pipe = VQAPipeline.from_pretrained(model, device=device, precision=precision)
+    limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch=max_batch)
+    app = create_app(pipe, model, limits)
+    print(f"m3ae serve: http://{host}:{port}/ (Ctrl+C to stop)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
