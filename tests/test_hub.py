@@ -173,3 +173,12 @@ def test_push_cli_checks_the_folder_and_dry_runs(tmp_path, capsys):
     assert "missing ['README.md']" in capsys.readouterr().err
     shutil.copy(folder / "config.json", folder / "README.md")
     assert main(["push", str(folder), "not a repo id", "--dry-run"]) == 2
+
+
+@pytest.mark.parametrize("entry", ["/venv/bin/m3ae", "/src/m3ae/cli/__main__.py"])
+def test_card_records_the_command_as_typed(entry: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from m3ae.reports.model_card import current_command
+
+    # the console script and `python -m m3ae.cli` (torchrun) both read back as `m3ae ...`
+    monkeypatch.setattr("sys.argv", [entry, "finetune", "--out", "runs/a b"])
+    assert current_command() == "m3ae finetune --out 'runs/a b'"

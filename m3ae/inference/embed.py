@@ -1,19 +1,10 @@
-"""Embed a data set: per-example image, text and joint features, written to Parquet with pyarrow.
+"""Per-example image, text and joint features of a data set, written to Parquet with pyarrow
+(`embed_to_parquet`, what `m3ae embed` runs; its help in `m3ae.cli.embed` describes the columns).
 
-For each (image, text) example:
-
-- ``image_embedding`` [D]: the vision tower alone (`M3AE.embed_images`: the pre-fusion CLS token,
-  through ``heads.itc`` when the model has one), unit norm;
-- ``text_embedding`` [D]: the text tower alone (`M3AE.embed_texts`), unit norm;
-- ``joint_embedding`` [2D]: the fused ``cls_feats`` of the pair (what the task heads read).
-
-Examples come from a split of a prepared folder (``--data``: the question of a VQA example, the
-caption or text otherwise) or from a CSV with ``image`` (a path, relative to the CSV) and ``text``
-columns, and optionally ``id``. The Parquet file is written batch by batch to a temporary name
-and renamed when complete, so an interrupted run leaves no partial file behind.
-
-Example: m3ae embed --model runs/roco_irtr/best --data prepared/roco_retrieval --split test --out roco.parquet
-"""
+``image_embedding`` and ``text_embedding`` [D] are the towers alone (`M3AE.embed_images` /
+`M3AE.embed_texts`), unit norm; ``joint_embedding`` [2D] is the fused ``cls_feats`` of the pair. The
+file is written batch by batch to a temporary name and renamed when complete, so an interrupted run
+leaves no partial file behind."""
 from __future__ import annotations
 
 import csv

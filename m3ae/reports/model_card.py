@@ -43,7 +43,7 @@ M3AE_CITATION = (
 def current_command() -> str:
     """The command line of this process, shell-quoted (what a card records as `command`)."""
     argv = list(sys.argv)
-    if argv and argv[0].endswith(("m3ae", "cli.py")):
+    if argv and argv[0].endswith(("m3ae", "cli.py", "cli/__main__.py")):  # the entry point, python -m m3ae.cli
         argv[0] = "m3ae"
     return " ".join(shlex.quote(a) for a in argv)
 

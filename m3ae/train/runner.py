@@ -1,4 +1,5 @@
-"""The Python face of training: `pretrain`, `finetune` and `evaluate` (the CLIs and the demo call these).
+"""The Python face of training: `pretrain`, `finetune` and `evaluate` (what the commands in m3ae.cli
+and the demo call).
 
 A run folder holds ``config.yaml`` (the resolved recipe), ``log.jsonl``, ``checkpoints/``,
 ``best/`` (the selected model in our format, with tokenizer and answers/labels) and
