@@ -30,6 +30,8 @@ class FolderKind:
     """The summary key of the set's size (num_answers, num_classes)."""
     unique: str | None = None
     """A `RawExample` field that must not repeat within a split (VQA: question_id)."""
+    column: str = "text"
+    """The split table's column that holds the example's text (VQA: question)."""
 
 
 MIN_CAPTION_WORDS = 3
@@ -39,7 +41,7 @@ FOLDER_KINDS: dict[str, FolderKind] = {kind.name: kind for kind in (
     FolderKind("pretrain", "caption", MIN_CAPTION_WORDS, captions=True),
     FolderKind("irtr", "caption", MIN_CAPTION_WORDS, captions=True),
     FolderKind("vqa", "question", answers=True, vocabulary="answers", count_key="num_answers",
-               unique="question_id"),
+               unique="question_id", column="question"),
     FolderKind("cls", "text", vocabulary="labels", count_key="num_classes"),
 )}
 CAPTION_KINDS = tuple(name for name, kind in FOLDER_KINDS.items() if kind.captions)

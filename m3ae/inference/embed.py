@@ -18,8 +18,6 @@ import torch
 
 from m3ae.errors import DataError, M3AEError
 
-TEXT_COLUMNS = {"vqa": "question", "cls": "text", "pretrain": "text", "irtr": "text"}
-
 
 @dataclass
 class Example:
@@ -35,6 +33,7 @@ class Example:
 
 def prepared_examples(data_dir: str | Path, split: str) -> tuple[list[Example], Any]:
     """The examples of one split of a prepared folder and the image store they reference."""
+    from m3ae.data.kinds import folder_kind
     from m3ae.data.storage import ImageStore, read_summary, read_table
 
     data_dir = Path(data_dir)
@@ -42,7 +41,7 @@ def prepared_examples(data_dir: str | Path, split: str) -> tuple[list[Example], 
     if split not in summary.get("splits", {}):
         raise M3AEError(f"{data_dir}: no split {split!r} (has {sorted(summary.get('splits', {}))})")
     table = read_table(data_dir / f"{split}.arrow")
-    texts = table.column(TEXT_COLUMNS[summary["task"]]).to_pylist()
+    texts = table.column(folder_kind(summary["task"]).column).to_pylist()
     ids = (table.column("question_id").to_pylist() if "question_id" in table.column_names
            else range(table.num_rows))
     image_ids = table.column("image_id").to_pylist()
