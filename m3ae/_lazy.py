@@ -58,11 +58,11 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = self.moved[spec.name]
         self._warn(spec.name, new)
         module = importlib.import_module(new)
-        self._spec = module.__spec__  # the import system writes the alias's spec on it; put it back
+        spec.loader_state = module.__spec__  # the import system writes the alias's spec on the module next
         return module
 
     def exec_module(self, module: ModuleType) -> None:
-        module.__spec__ = self._spec
+        module.__spec__ = module.__spec__.loader_state  # ... so put the module's own spec back
 
     def get_code(self, fullname: str) -> CodeType | None:
         """What ``python -m OLD`` runs (runpy asks the loader for the code)."""

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert, print the report, save. Returns the exit code."""
+    from m3ae.data import load_tokenizer
     from m3ae.weights.convert import convert_to_folder
 
-    return convert_to_folder(args.src, args.out_dir, image_size=args.image_size, answers=args.answers,
-                             tokenizer=args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)  # before the conversion: a bad folder fails at once
+    return convert_to_folder(args.src, args.out_dir, tokenizer, image_size=args.image_size, answers=args.answers)

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from m3ae.errors import CheckpointError, DataError, M3AEError
 from m3ae.weights.upstream import convert_checkpoint
-
-
-def _load_tokenizer(path: str | None):
-    if path is not None:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    from importlib import resources
-
-    from transformers import RobertaTokenizerFast
-
-    assets = resources.files("m3ae") / "assets" / "roberta-base"
-    return RobertaTokenizerFast(vocab_file=str(assets / "vocab.json"), merges_file=str(assets / "merges.txt"))
 
 
 def read_answer_list(path: str | Path) -> list[str]:
@@ -68,12 +56,13 @@ def conversion_metadata(src: str | Path, answers: str | Path | None, model) -> d
     return extra
 
 
-def convert_to_folder(src: str | Path, out_dir: str | Path, image_size: int | None = None,
-                      answers: str | Path | None = None, tokenizer: str | Path | None = None) -> int:
-    """Convert ``src``, print the conversion report, save ``out_dir``. Returns 0 (the exit code).
+def convert_to_folder(src: str | Path, out_dir: str | Path, tokenizer: Any, image_size: int | None = None,
+                      answers: str | Path | None = None) -> int:
+    """Convert ``src``, print the conversion report, save ``out_dir`` with ``tokenizer``'s files (a
+    loaded tokenizer: `m3ae.data.load_tokenizer`, the packaged RoBERTa files by default). Returns 0.
 
     Raises:
-        CheckpointError: NaN/Inf in the converted weights; M3AEError: a bad answer list or tokenizer.
+        CheckpointError: NaN/Inf in the converted weights; M3AEError: a bad answer list.
     """
     from m3ae.guards import nonfinite_keys
 
@@ -84,11 +73,7 @@ def convert_to_folder(src: str | Path, out_dir: str | Path, image_size: int | No
     extra = conversion_metadata(src, answers, model)
     for line in report.lines():
         print(line)
-    try:
-        tokenizer_obj = _load_tokenizer(tokenizer)
-    except (OSError, ValueError) as err:
-        raise M3AEError(f"cannot read tokenizer from {tokenizer}: {err}") from err
     n_params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(out_dir, tokenizer=tokenizer_obj, extra=extra)
+    model.save_pretrained(out_dir, tokenizer=tokenizer, extra=extra)
     print(f"wrote {out_dir} ({n_params / 1e6:.1f} M parameters, heads {list(model.config.heads)})")
     return 0
